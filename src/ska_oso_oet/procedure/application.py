@@ -1,0 +1,559 @@
+"""The application layer of the OET: :class:`ScriptExecutionService` and its commands.
+
+The service is the facade of the procedure domain. It records history and argument captures,
+enforces the rules that span procedures (how many may run at once, the two-phase abort) and
+announces every change, both as pypubsub topics and to listeners registered with
+:meth:`ScriptExecutionService.add_listener`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pubsub import pub
+
+from ska_oso_oet.procedure.context import ScriptContext
+from ska_oso_oet.procedure.errors import (
+    ProcedureError,
+    ProcedureStateError,
+    ScriptRejectedError,
+    UnknownProcedureError,
+)
+from ska_oso_oet.procedure.manager import STATECHANGE_TOPIC, ProcessManager
+from ska_oso_oet.procedure.scripts import (
+    ExecutableScript,
+    FileSystemScript,
+    GitScript,
+    ProcedureInput,
+)
+from ska_oso_oet.procedure.states import ProcedureState, is_allowed
+from ska_oso_oet.procedure.supervisor import ManagementListener, Supervisor
+
+__all__ = [
+    "AbortSummary",
+    "ArgCapture",
+    "PrepareProcessCommand",
+    "ProcedureError",
+    "ProcedureHistory",
+    "ProcedureStateError",
+    "ProcedureSummary",
+    "ScriptContext",
+    "ScriptExecutionService",
+    "ScriptRejectedError",
+    "StartProcessCommand",
+    "StopProcessCommand",
+    "UnknownProcedureError",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+WAIT_FOR_QA_READY_ENABLE = "operator.wait_for_qa_ready.enable"
+WAIT_FOR_QA_READY_DISABLE = "operator.wait_for_qa_ready.disable"
+
+
+@dataclasses.dataclass
+class PrepareProcessCommand:
+    """Input of :meth:`ScriptExecutionService.prepare`: the script and its ``init``
+    arguments."""
+
+    script: ExecutableScript
+    init_args: ProcedureInput = dataclasses.field(default_factory=ProcedureInput)
+
+
+@dataclasses.dataclass
+class StartProcessCommand:
+    """Input of :meth:`ScriptExecutionService.start`: which procedure, which function, with
+    which late-binding arguments."""
+
+    process_uid: int
+    fn_name: str = "main"
+    run_args: ProcedureInput = dataclasses.field(default_factory=ProcedureInput)
+    force_start: bool = False
+
+
+@dataclasses.dataclass
+class StopProcessCommand:
+    """Input of :meth:`ScriptExecutionService.stop`."""
+
+    process_uid: int
+    run_abort: bool = False
+
+
+@dataclasses.dataclass
+class ArgCapture:
+    """ArgCapture is a struct to record function call and time of invocation."""
+
+    fn: str
+    fn_args: ProcedureInput
+    time: float | None = None
+
+
+@dataclasses.dataclass
+class ProcedureHistory:
+    """Execution history of a procedure: each state with the time it was entered, and the
+    stacktrace of a failure (else None)."""
+
+    process_states: list[tuple[ProcedureState, float]] = dataclasses.field(default_factory=list)
+    stacktrace: str | None = None
+
+
+@dataclasses.dataclass
+class ProcedureSummary:
+    """ProcedureSummary is a brief representation of a runtime Procedure."""
+
+    id: int
+    script: ExecutableScript
+    script_args: list[ArgCapture]
+    history: ProcedureHistory
+    state: ProcedureState
+    uri: str | None = None
+
+
+@dataclasses.dataclass
+class AbortSummary:
+    """What a two-phase stop did: the procedure stopped and the abort procedure started for
+    it (None when no abort was asked for)."""
+
+    stopped_id: int
+    abort: ProcedureSummary | None = None
+
+
+@dataclasses.dataclass
+class _Record:
+    script: ExecutableScript
+    history: ProcedureHistory
+    script_args: list[ArgCapture]
+    functions: list[str] | None = None
+    claims_run: bool = False  # a start was accepted and its function has not ended
+
+
+Listener = Callable[[ProcedureSummary], None]
+
+
+class ScriptExecutionService:
+    """ScriptExecutionService provides the high-level interface and facade for the script
+    execution domain (i.e., the 'procedure' domain).
+
+    It loads and runs Python scripts, each in its own child process. It is ready as soon as it
+    is constructed; :meth:`shutdown` (or leaving it as a context manager) ends every process it
+    started.
+    """
+
+    def __init__(
+        self,
+        abort_script: ExecutableScript | None = None,
+        *,
+        stop_grace: float = 3.0,
+        history_limit: int = 100,
+        max_running: int = 1,
+        script_roots: Iterable[str] | None = None,
+        spare_workers: int = 1,
+    ) -> None:
+        """Create a new ScriptExecutionService.
+
+        :param abort_script: post-termination script for two-phase abort (``stop`` with
+            ``run_abort``); it is called with the stopped procedure's ``subarray_id``
+        :param stop_grace: seconds a script has to end after SIGTERM before its whole process
+            group is killed
+        :param history_limit: how many ended procedures are kept (live ones always are)
+        :param max_running: how many procedures may be RUNNING at once
+        :param script_roots: directories that ``file://`` scripts must lie in, once symlinks
+            are resolved; None allows any file
+        :param spare_workers: worker processes kept started and idle, so that a prepare does
+            not wait for a process to start
+        """
+        if stop_grace < 0 or history_limit < 0 or max_running < 1 or spare_workers < 0:
+            raise ValueError(
+                "stop_grace and history_limit must be >= 0, max_running >= 1, "
+                "spare_workers >= 0"
+            )
+        self.abort_script = abort_script
+        self.history_limit = history_limit
+        self.max_running = max_running
+        self.script_roots = (
+            None if script_roots is None else [os.path.realpath(r) for r in script_roots]
+        )
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._states: dict[int, ProcedureState] = {}
+        self._records: dict[int, _Record] = {}
+        self._ended: deque[int] = deque()
+        self._abort_after: dict[int, int] = {}
+        self._listeners: list[Listener] = []
+        self._outbox: deque[tuple[int, ProcedureState, ProcedureSummary]] = deque()
+        self._dispatch_lock = threading.RLock()
+        self._wait_for_qa_ready = False
+        self._closed = False
+        self._manager = ProcessManager(states=self._states, state_lock=self._lock)
+        self._supervisor = Supervisor(
+            self._on_state,
+            self._on_pubsub,
+            stop_grace=stop_grace,
+            spare_workers=spare_workers,
+        )
+        self._management = ManagementListener(self._supervisor, self._manager.name)
+        pub.subscribe(self.handle_wait_for_qa_ready_enable, WAIT_FOR_QA_READY_ENABLE)
+        pub.subscribe(self.handle_wait_for_qa_ready_disable, WAIT_FOR_QA_READY_DISABLE)
+        self._supervisor.start()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (s := ref()) is not None and s.shutdown()
+        atexit.register(self._atexit)
+
+    # -- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> ScriptExecutionService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    # -- settings --------------------------------------------------------------------------
+
+    @property
+    def stop_grace(self) -> float:
+        return self._supervisor.stop_grace
+
+    @property
+    def wait_for_qa_ready(self) -> bool:
+        return self._wait_for_qa_ready
+
+    # -- the four operations ---------------------------------------------------------------
+
+    def prepare(self, cmd: PrepareProcessCommand) -> ProcedureSummary:
+        """Load and prepare a Python script for execution, but do not commence execution.
+
+        Returns at once with the procedure CREATING; loading goes on in its worker process.
+        """
+        if not isinstance(cmd.init_args, ProcedureInput):
+            raise ProcedureError("init_args must be a ProcedureInput")
+        local_path = self._check_script(cmd.script)
+        return self._prepare(cmd, local_path)
+
+    def _prepare(self, cmd: PrepareProcessCommand, local_path: str | None) -> ProcedureSummary:
+        with self._lock:
+            self._check_open()
+            pid = self._manager.create(
+                cmd.script,
+                init_args=cmd.init_args,
+                context=self._context(),
+                local_path=local_path,
+            )
+            now = time.time()
+            self._records[pid] = _Record(
+                script=cmd.script,
+                history=ProcedureHistory([(ProcedureState.CREATING, now)]),
+                script_args=[ArgCapture("init", cmd.init_args, now)],
+            )
+            summary = self._summary(pid)
+            self._outbox.append((pid, ProcedureState.CREATING, summary))
+        LOGGER.info("Procedure %s: preparing %s", pid, cmd.script.script_uri)
+        self._dispatch()
+        return summary
+
+    def start(self, cmd: StartProcessCommand) -> ProcedureSummary:
+        """Start execution of a prepared procedure.
+
+        With ``force_start`` a procedure that is still being prepared runs the function as
+        soon as it is READY.
+        """
+        return self._start(cmd, respect_limit=True)
+
+    def _start(self, cmd: StartProcessCommand, respect_limit: bool) -> ProcedureSummary:
+        pid, fn_name = cmd.process_uid, cmd.fn_name
+        if not isinstance(cmd.run_args, ProcedureInput):
+            raise ProcedureError("run_args must be a ProcedureInput")
+        if not isinstance(fn_name, str) or not fn_name.isidentifier() or fn_name[0] == "_":
+            raise ProcedureError(f"{fn_name!r} is not the name of a public script function")
+        with self._lock:
+            self._check_open()
+            rec = self._record(pid)
+            state = self._states[pid]
+            if state.is_final:
+                raise ProcedureStateError(
+                    f"Procedure {pid} has ended ({state.name}); prepare the script again"
+                )
+            if rec.claims_run or state is ProcedureState.RUNNING:
+                raise ProcedureStateError(f"Procedure {pid} is already running a function")
+            if state is not ProcedureState.READY and not cmd.force_start:
+                raise ProcedureStateError(
+                    f"Procedure {pid} is {state.name}, not READY; wait for READY or start "
+                    "it with force_start to run it as soon as it is"
+                )
+            if rec.functions is not None and fn_name not in rec.functions:
+                have = ", ".join(rec.functions) or "none"
+                raise ProcedureError(
+                    f"The script of procedure {pid} has no function {fn_name!r} "
+                    f"(its functions: {have})"
+                )
+            running = [p for p, r in self._records.items() if r.claims_run]
+            if respect_limit and len(running) >= self.max_running:
+                raise ProcedureStateError(
+                    f"Procedure {running[0]} is running and at most {self.max_running} may "
+                    "run at once; wait for it to end or stop it"
+                )
+            rec.claims_run = True
+            rec.script_args.append(ArgCapture(fn_name, cmd.run_args, time.time()))
+            self._manager.run(
+                pid,
+                call=fn_name,
+                run_args=cmd.run_args,
+                force_start=cmd.force_start,
+                context=self._context(),
+            )
+            LOGGER.info("Procedure %s: starting %s", pid, fn_name)
+            return self._summary(pid)
+
+    def stop(self, cmd: StopProcessCommand) -> list[ProcedureSummary]:
+        """Stop a procedure: SIGTERM raises inside the script; if it is still alive after the
+        grace period its whole process group is killed. Returns at once.
+
+        With ``run_abort`` the abort script is prepared now and started as soon as the stopped
+        procedure's process is gone; its summary is returned.
+        """
+        pid = cmd.process_uid
+        with self._lock:
+            self._check_open()
+            self._record(pid)
+            state = self._states[pid]
+            if state.is_final:
+                raise ProcedureStateError(f"Procedure {pid} has already ended ({state.name})")
+            if cmd.run_abort and self.abort_script is None:
+                raise ProcedureError(
+                    "No abort script is configured, so run_abort cannot be honoured; "
+                    "nothing was stopped"
+                )
+            LOGGER.info("Procedure %s: stopping (run_abort=%s)", pid, cmd.run_abort)
+            self._manager.stop(pid)
+            if not cmd.run_abort or pid in self._abort_after:
+                return []
+            assert self.abort_script is not None
+            subarray_id = self._subarray_id(pid)
+            abort_args = (
+                ProcedureInput() if subarray_id is None else ProcedureInput(subarray_id=subarray_id)
+            )
+            try:
+                abort = self._prepare(PrepareProcessCommand(self.abort_script, abort_args), None)
+            except ProcedureError as exc:
+                raise ProcedureError(
+                    f"Procedure {pid} is being stopped, but its abort script could not be "
+                    f"prepared: {exc}"
+                ) from exc
+            self._abort_after[pid] = abort.id
+            return [abort]
+
+    def summarise(self, pids: list[int] | None = None) -> list[ProcedureSummary]:
+        """ProcedureSummary objects for the requested procedure IDs, or for all of them."""
+        with self._lock:
+            if pids is None:
+                return [self._summary(p) for p in self._records]
+            unknown = [p for p in pids if p not in self._records]
+            if unknown:
+                raise UnknownProcedureError(
+                    f"No procedure with ID {', '.join(map(str, unknown))}"
+                )
+            return [self._summary(p) for p in pids]
+
+    # -- operator overrides ---------------------------------------------------------------
+
+    def handle_wait_for_qa_ready_enable(self, msg_src: Any = None, **_: Any) -> None:
+        """Handler for operator.wait_for_qa_ready.enable: sets wait_for_qa_ready."""
+        self._wait_for_qa_ready = True
+
+    def handle_wait_for_qa_ready_disable(self, msg_src: Any = None, **_: Any) -> None:
+        """Handler for operator.wait_for_qa_ready.disable: clears wait_for_qa_ready."""
+        self._wait_for_qa_ready = False
+
+    # -- observing -------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(summary)`` after every state or history change, in order, from the
+        thread that caused it. It must not block."""
+        with self._dispatch_lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._dispatch_lock:
+            self._listeners.remove(listener)
+
+    def wait_for_state(
+        self,
+        pid: int,
+        states: ProcedureState | Iterable[ProcedureState],
+        timeout: float | None = None,
+    ) -> ProcedureSummary:
+        """Block until procedure ``pid`` is in one of ``states`` (or has ended); return its
+        summary. Raises TimeoutError."""
+        wanted = {states} if isinstance(states, ProcedureState) else set(states)
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: self._states.get(pid) in wanted
+                or pid not in self._states
+                or self._states[pid].is_final,
+                timeout,
+            )
+            if not ok:
+                state = self._states[pid].name
+                raise TimeoutError(f"Procedure {pid} is still {state} after {timeout} s")
+            self._record(pid)
+            return self._summary(pid)
+
+    # -- life ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop every procedure and end every process this service started."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self._atexit)
+        self._management.close()
+        for handler, topic in (
+            (self.handle_wait_for_qa_ready_enable, WAIT_FOR_QA_READY_ENABLE),
+            (self.handle_wait_for_qa_ready_disable, WAIT_FOR_QA_READY_DISABLE),
+        ):
+            pub.unsubscribe(handler, topic)
+        self._supervisor.shutdown()
+
+    # -- events from the supervisor (its thread) ---------------------------------------------
+
+    def _on_state(
+        self, pid: int, state: ProcedureState, when: float, info: dict[str, Any] | None
+    ) -> None:
+        abort_id = None
+        with self._lock:
+            rec = self._records.get(pid)
+            if rec is None:
+                return
+            old = self._states.get(pid)
+            if not is_allowed(old, state):
+                LOGGER.error(
+                    "Procedure %s: unexpected transition %s -> %s",
+                    pid,
+                    old.name if old else None,
+                    state.name,
+                )
+            self._states[pid] = state
+            rec.history.process_states.append((state, when))
+            if info:
+                if info.get("stacktrace"):
+                    rec.history.stacktrace = info["stacktrace"]
+                if "functions" in info:
+                    rec.functions = list(info["functions"])
+            if state.is_final or (state is ProcedureState.READY and old is ProcedureState.RUNNING):
+                rec.claims_run = False
+            if state.is_final:
+                self._ended.append(pid)
+                abort_id = self._abort_after.pop(pid, None)
+                self._trim_history()
+            self._outbox.append((pid, state, self._summary(pid)))
+            self._changed.notify_all()
+        if state is ProcedureState.FAILED:
+            LOGGER.error("Procedure %s FAILED:\n%s", pid, rec.history.stacktrace)
+        self._dispatch()
+        if abort_id is not None:
+            self._start_abort(pid, abort_id)
+
+    def _on_pubsub(self, pid: int | None, topic: str, kwargs: dict[str, Any]) -> None:
+        pub.sendMessage(topic, **kwargs)
+
+    def _start_abort(self, stopped: int, abort_id: int) -> None:
+        try:
+            self._start(
+                StartProcessCommand(abort_id, "main", ProcedureInput(), force_start=True),
+                respect_limit=False,
+            )
+        except ProcedureError as exc:
+            LOGGER.error(
+                "Procedure %s stopped, but abort procedure %s could not start: %s",
+                stopped,
+                abort_id,
+                exc,
+            )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Deliver queued changes in the order they happened, whichever thread gets here."""
+        with self._dispatch_lock:
+            while True:
+                with self._lock:
+                    if not self._outbox:
+                        return
+                    pid, state, summary = self._outbox.popleft()
+                try:
+                    pub.sendMessage(STATECHANGE_TOPIC, msg_src=pid, new_state=state)
+                except Exception:  # noqa: BLE001
+                    LOGGER.exception("A %s listener failed", STATECHANGE_TOPIC)
+                for listener in list(self._listeners):
+                    try:
+                        listener(summary)
+                    except Exception:  # noqa: BLE001
+                        LOGGER.exception("A procedure listener failed")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProcedureError("The script execution service has been shut down")
+
+    def _record(self, pid: int) -> _Record:
+        rec = self._records.get(pid)
+        if rec is None:
+            raise UnknownProcedureError(f"No procedure with ID {pid}")
+        return rec
+
+    def _context(self) -> ScriptContext:
+        return ScriptContext(wait_for_qa_ready=self._wait_for_qa_ready)
+
+    def _summary(self, pid: int) -> ProcedureSummary:
+        rec = self._records[pid]
+        return ProcedureSummary(
+            id=pid,
+            script=rec.script,
+            script_args=list(rec.script_args),
+            history=ProcedureHistory(list(rec.history.process_states), rec.history.stacktrace),
+            state=self._states[pid],
+        )
+
+    def _subarray_id(self, pid: int) -> Any:
+        for capture in self._records[pid].script_args:
+            if "subarray_id" in capture.fn_args.kwargs:
+                return capture.fn_args.kwargs["subarray_id"]
+        return None
+
+    def _trim_history(self) -> None:
+        while len(self._ended) > self.history_limit:
+            old = self._ended.popleft()
+            self._records.pop(old, None)
+            self._manager.forget(old)
+
+    def _check_script(self, script: ExecutableScript) -> str | None:
+        """Refuse scripts that may not or cannot be loaded; return the file to load."""
+        if isinstance(script, GitScript):
+            raise ScriptRejectedError(
+                "git scripts are not available in this version of the service"
+            )
+        if not isinstance(script, FileSystemScript):
+            raise ScriptRejectedError(f"Unsupported script type: {type(script).__name__}")
+        real = os.path.realpath(script.path)
+        if self.script_roots is not None and not any(
+            os.path.commonpath([real, root]) == root for root in self.script_roots
+        ):
+            roots = ", ".join(self.script_roots) or "(none configured)"
+            raise ScriptRejectedError(
+                f"Script {script.path} is outside the allowed script directories: {roots}"
+            )
+        if not os.path.exists(real):
+            raise ScriptRejectedError(f"Script file not found: {script.path}")
+        if not os.path.isfile(real):
+            raise ScriptRejectedError(f"Script {script.path} is not a regular file")
+        if not os.access(real, os.R_OK):
+            raise ScriptRejectedError(f"Script {script.path} is not readable")
+        return real

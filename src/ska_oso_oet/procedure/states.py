@@ -1,0 +1,53 @@
+"""The procedure state machine: the states and every allowed transition, in one table."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ProcedureState(enum.Enum):
+    """Represents the script execution state."""
+
+    UNKNOWN = enum.auto()
+    IDLE = enum.auto()
+    CREATING = enum.auto()
+    PREP_ENV = enum.auto()
+    LOADING = enum.auto()
+    INITIALISING = enum.auto()
+    READY = enum.auto()
+    RUNNING = enum.auto()
+    COMPLETE = enum.auto()
+    STOPPED = enum.auto()
+    FAILED = enum.auto()
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+S = ProcedureState
+
+#: States after which nothing else happens: the worker process is gone.
+FINAL_STATES = frozenset({S.COMPLETE, S.STOPPED, S.FAILED, S.UNKNOWN})
+
+#: Every normal transition. FAILED, STOPPED and UNKNOWN may follow any non-final state.
+TRANSITIONS: dict[ProcedureState, frozenset[ProcedureState]] = {
+    S.CREATING: frozenset({S.IDLE}),
+    S.IDLE: frozenset({S.PREP_ENV, S.LOADING, S.INITIALISING, S.READY}),
+    S.PREP_ENV: frozenset({S.IDLE}),
+    S.LOADING: frozenset({S.IDLE}),
+    S.INITIALISING: frozenset({S.READY}),
+    S.READY: frozenset({S.RUNNING, S.COMPLETE}),
+    S.RUNNING: frozenset({S.READY}),
+}
+
+_ALWAYS_ALLOWED = frozenset({S.FAILED, S.STOPPED, S.UNKNOWN})
+
+
+def is_allowed(old: ProcedureState | None, new: ProcedureState) -> bool:
+    """True when ``new`` may follow ``old`` (``None``: the procedure is being created)."""
+    if old is None:
+        return new is S.CREATING
+    if old.is_final:
+        return False
+    return new in _ALWAYS_ALLOWED or new in TRANSITIONS.get(old, frozenset())

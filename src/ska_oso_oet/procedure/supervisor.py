@@ -1,0 +1,676 @@
+"""The supervisor: the one owner of worker process creation, feeding, stopping and reaping.
+
+This is the seed's ``main_loop``. It runs in a thread of the service's process and waits on
+every worker's pipe, every worker's exit sentinel and its own command pipe at once, so that it
+reacts at once to a state change, a script's pub/sub message, a stop request or a worker that
+died by itself.
+
+Workers are forked by multiprocessing's fork server, a process started fresh (not forked from
+the possibly multi-threaded service) that has already imported the worker module. A few spare
+workers are kept warm, so preparing a script costs one message, not a process start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import queue
+import selectors
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from multiprocessing import context as mp_context
+from multiprocessing import popen_forkserver, reduction, spawn, util
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import psutil
+from pubsub import pub
+
+from ska_oso_oet.procedure import worker as wk
+from ska_oso_oet.procedure.states import ProcedureState
+
+LOGGER = logging.getLogger(__name__)
+
+#: How long to wait for a killed process group to disappear before reporting UNKNOWN.
+KILL_CONFIRM_TIMEOUT = 5.0
+
+StateCallback = Callable[[int, ProcedureState, float, dict[str, Any] | None], None]
+PubSubCallback = Callable[[int | None, str, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    os_pid: int
+    procedure_id: int | None = None
+    stopping: bool = False
+    killed: bool = False
+    deadline: float | None = None
+    exit_intent: tuple[str, str | None] | None = None
+    snapshot: list[psutil.Process] = dataclasses.field(default_factory=list)
+    conn_open: bool = True
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            self.conn.send(msg)
+        except (OSError, ValueError):
+            pass  # the worker is gone; its sentinel will say so
+
+
+def default_context() -> BaseContext:
+    """The fork-server context, with the worker module preloaded in the fork server."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([wk.__name__])
+    return ctx
+
+
+class _WorkerPopen(popen_forkserver.Popen):
+    """Starts a worker through the fork server without re-running the ``__main__`` module.
+
+    multiprocessing's own start methods run the parent's main module again in each child (for
+    functions defined there); a worker needs none of it, and the main module may be a Tango
+    server, a notebook or a script without an ``if __name__ == "__main__"`` guard.
+    """
+
+    def _launch(self, process_obj: BaseProcess) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)  # type: ignore[attr-defined]
+        prep_data.pop("init_main_from_name", None)
+        prep_data.pop("init_main_from_path", None)
+        buf = io.BytesIO()
+        mp_context.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            mp_context.set_spawning_popen(None)
+        self.sentinel, data_w = multiprocessing.forkserver.connect_to_new_process(self._fds)
+        # the child watches a copy of the data pipe to learn that its parent has gone
+        parent_w = os.dup(data_w)
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+        with open(data_w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+
+
+class _WorkerProcess(mp_context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: BaseProcess) -> _WorkerPopen:  # type: ignore[override]
+        return _WorkerPopen(process_obj)
+
+
+_live_lock = threading.Lock()
+_live_supervisors = 0
+
+
+def _reset_helpers_in_child() -> None:
+    """After a plain fork (pytest --forked, a forking Tango test context), forget the
+    parent's fork server and resource tracker: they are not this process's children."""
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_pid is not None:
+        for fd in (server._forkserver_alive_fd,):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        server._forkserver_pid = None
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
+    tracker = multiprocessing.resource_tracker._resource_tracker
+    if getattr(tracker, "_pid", None) is not None:
+        if tracker._fd is not None:
+            try:
+                os.close(tracker._fd)
+            except OSError:
+                pass
+        tracker._pid = None
+        tracker._fd = None
+
+
+os.register_at_fork(after_in_child=_reset_helpers_in_child)
+
+
+def _stop_helpers() -> None:
+    """Stop the fork server and resource tracker once no supervisor needs them."""
+    for helper in (multiprocessing.forkserver._forkserver, multiprocessing.resource_tracker._resource_tracker):
+        stop = getattr(helper, "_stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                LOGGER.debug("Could not stop %r", helper, exc_info=True)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Words for a process's exit code as multiprocessing reports it."""
+    if exitcode is None:
+        return "exited with an unknown status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name} (signal {-exitcode})"
+    return f"exited with exit code {exitcode}"
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of the living (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # fields: state, ppid, pgrp, ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_tree(pgid: int, extra: Iterable[psutil.Process]) -> None:
+    """SIGKILL process group ``pgid`` and the given processes (which may have left it)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in extra:
+        try:
+            proc.kill()  # psutil refuses if the PID now belongs to another process
+        except psutil.Error:
+            pass
+
+
+def confirm_gone(pgid: int, extra: list[psutil.Process], timeout: float) -> bool:
+    """Kill what is left of a worker's process tree and wait until none of it lives."""
+    kill_tree(pgid, extra)
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            os.killpg(pgid, 0)
+            group_alive = bool(_group_members(pgid))
+        except ProcessLookupError:
+            group_alive = False
+        except PermissionError:
+            group_alive = True
+        if not group_alive and not any(_alive(p) for p in extra):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        kill_tree(pgid, extra)
+        time.sleep(delay)  # the kernel is tearing the processes down; poll gently
+        delay = min(delay * 2, 0.05)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+class Supervisor:
+    """Creates, feeds, stops and reaps :class:`~.worker.ScriptWorker` processes.
+
+    All methods but :meth:`main_loop` may be called from any thread: they queue a command for
+    the supervisor thread and return at once.
+    """
+
+    _names = itertools.count(1)
+
+    def __init__(
+        self,
+        on_state: StateCallback,
+        on_pubsub: PubSubCallback,
+        *,
+        stop_grace: float = 3.0,
+        spare_workers: int = 1,
+    ) -> None:
+        self._on_state = on_state
+        self._on_pubsub = on_pubsub
+        self.stop_grace = stop_grace
+        self.spare_workers = spare_workers
+        self._ctx = default_context()
+        self._commands: deque[tuple[Any, ...]] = deque()
+        self._post_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._workers: dict[int, _Worker] = {}
+        self._spares: deque[_Worker] = deque()
+        # procedures waiting for a process: id -> [LOAD message, stop requested]
+        self._pending: dict[int, list[Any]] = {}
+        self._launch_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._launches = 0  # launch requests not yet answered
+        self._spare_launches = 0
+        self._closing = False
+        self._closed = False
+        self._thread = threading.Thread(target=self.main_loop, name="oet-supervisor", daemon=True)
+        self._launcher = threading.Thread(target=self._launch_loop, name="oet-launcher", daemon=True)
+
+    # -- commands, callable from any thread ----------------------------------------------------
+
+    def start(self) -> None:
+        global _live_supervisors
+        with _live_lock:
+            _live_supervisors += 1
+        self._launcher.start()
+        self._thread.start()
+
+    def create(
+        self,
+        procedure_id: int,
+        script: Any,
+        init_args: Any,
+        context: Any,
+        local_path: str | None = None,
+    ) -> None:
+        """Start (or take a warm) worker for the procedure and load its script.
+
+        ``local_path`` is the file to load when it is not the script URI's own path.
+        """
+        self._post(("create", procedure_id, script, init_args, context, local_path))
+
+    def run(self, procedure_id: int, fn_name: str, run_args: Any, context: Any) -> None:
+        self._post(("run", procedure_id, fn_name, run_args, context))
+
+    def stop(self, procedure_id: int) -> None:
+        self._post(("stop", procedure_id))
+
+    def publish(self, topic: str, kwargs: dict[str, Any]) -> None:
+        """Pass a pub/sub message from the service's process to every worker."""
+        self._post(("publish", topic, kwargs))
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every worker (as a Stop would) and end the supervisor thread."""
+        if self._thread.is_alive():
+            self._post(("shutdown",))
+            self._thread.join(timeout if timeout is not None else self.stop_grace + 10)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _post(self, command: tuple[Any, ...]) -> None:
+        with self._post_lock:
+            if self._closed:
+                raise RuntimeError("The process supervisor has been shut down")
+            self._commands.append(command)
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending anyway
+
+    # -- launching, in a thread of its own so that the loop never waits for a fork -------------
+
+    def _launch_loop(self) -> None:
+        while True:
+            pid = self._launch_q.get()
+            if pid is None:
+                return
+            try:
+                w = self._launch()
+            except Exception as exc:  # noqa: BLE001 - reported to the procedure
+                LOGGER.exception("Could not start a worker process")
+                self._post_quiet(("launched", pid, None, exc))
+            else:
+                self._post_quiet(("launched", pid, w, None))
+
+    def _post_quiet(self, command: tuple[Any, ...]) -> None:
+        try:
+            self._post(command)
+        except RuntimeError:
+            pass
+
+    def _launch(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        name = f"oet-worker-{next(self._names)}"
+        proc = _WorkerProcess(target=wk.worker_process_main, args=(child_conn, name), name=name)
+        try:
+            proc.start()
+        finally:
+            child_conn.close()
+        assert proc.pid is not None
+        return _Worker(process=proc, conn=parent_conn, os_pid=proc.pid)
+
+    def _request_launch(self, pid: int) -> None:
+        self._launches += 1
+        if pid < 0:
+            self._spare_launches += 1
+        self._launch_q.put(pid)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def main_loop(self) -> None:
+        """Serve commands, worker messages and worker exits until shut down."""
+        try:
+            self._loop()
+        except Exception:  # pragma: no cover - a bug here must be loud
+            LOGGER.exception("The process supervisor failed; stopping every worker")
+            for w in list(self._workers.values()) + list(self._spares):
+                kill_tree(w.os_pid, w.snapshot)
+            raise
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        self._top_up_spares()
+        while True:
+            events = self._selector.select(self._timeout())
+            exited: list[_Worker] = []
+            for key, _mask in events:
+                kind, w = key.data
+                if kind == "wake":
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif kind == "conn":
+                    self._drain(w)
+                else:
+                    exited.append(w)
+            while self._commands:
+                self._command(self._commands.popleft())
+            for w in exited:
+                self._reap(w)
+            self._enforce_deadlines()
+            if self._closing:
+                if not self._workers and not self._spares and not self._launches:
+                    return
+            else:
+                self._top_up_spares()
+
+    def _timeout(self) -> float | None:
+        deadlines = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _command(self, command: tuple[Any, ...]) -> None:
+        tag = command[0]
+        if tag == "create":
+            _, pid, script, init_args, context, local_path = command
+            load = (wk.LOAD, pid, script, init_args, context, local_path)
+            w = self._take_spare()
+            if w is None:
+                self._pending[pid] = [load, False]
+                self._request_launch(pid)
+            else:
+                self._assign(w, pid, load)
+        elif tag == "launched":
+            self._adopt(command[1], command[2], command[3])
+        elif tag == "run":
+            _, pid, fn_name, run_args, context = command
+            w = self._workers.get(pid)
+            if w is not None and not w.stopping:
+                w.send((wk.RUN, fn_name, run_args, context))
+        elif tag == "stop":
+            pid = command[1]
+            w = self._workers.get(pid)
+            if w is not None:
+                self._begin_stop(w)
+            elif pid in self._pending:
+                self._pending[pid][1] = True
+        elif tag == "publish":
+            self._broadcast(None, command[1], command[2])
+        elif tag == "shutdown":
+            self._closing = True
+            self._launch_q.put(None)
+            for pending in self._pending.values():
+                pending[1] = True
+            for w in list(self._workers.values()):
+                self._begin_stop(w)
+            for spare in list(self._spares):
+                self._begin_stop(spare)
+
+    def _adopt(self, pid: int, w: _Worker | None, error: BaseException | None) -> None:
+        self._launches -= 1
+        if pid < 0:
+            self._spare_launches -= 1
+        if w is None:
+            if pid >= 0:
+                del self._pending[pid]
+                self._report(pid, ProcedureState.FAILED, {"stacktrace": repr(error)})
+            else:
+                LOGGER.error("Spare worker processes are disabled: %s", error)
+                self.spare_workers = 0
+            return
+        self._selector.register(w.conn.fileno(), selectors.EVENT_READ, ("conn", w))
+        self._selector.register(w.process.sentinel, selectors.EVENT_READ, ("exit", w))
+        if pid < 0:
+            self._spares.append(w)
+            if self._closing:
+                self._begin_stop(w)
+            return
+        load, stop_requested = self._pending.pop(pid)
+        self._assign(w, pid, load)
+        if stop_requested:
+            self._begin_stop(w)
+
+    def _assign(self, w: _Worker, pid: int, load: tuple[Any, ...]) -> None:
+        w.procedure_id = pid
+        self._workers[pid] = w
+        w.send(load)
+
+    def _take_spare(self) -> _Worker | None:
+        while self._spares:
+            w = self._spares.popleft()
+            if w.process.is_alive():
+                return w
+        return None
+
+    def _top_up_spares(self) -> None:
+        while len(self._spares) + self._spare_launches < self.spare_workers:
+            self._request_launch(-1)
+
+    def _drain(self, w: _Worker) -> None:
+        if not w.conn_open:
+            return
+        while True:
+            try:
+                if not w.conn.poll():
+                    return
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                w.conn_open = False
+                self._selector.unregister(w.conn.fileno())
+                return
+            except Exception:  # noqa: BLE001 - e.g. a message that cannot be unpickled here
+                LOGGER.exception("Unreadable message from procedure %s", w.procedure_id)
+                continue
+            self._message(w, msg)
+
+    def _message(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        tag = msg[0]
+        if tag == wk.STATE:
+            if w.procedure_id is not None:
+                _, name, timestamp, info = msg
+                self._report(w.procedure_id, ProcedureState[name], info, timestamp)
+        elif tag == wk.PUBSUB:
+            _, topic, kwargs = msg
+            try:
+                self._on_pubsub(w.procedure_id, topic, kwargs)
+            except Exception:  # noqa: BLE001
+                LOGGER.exception("Publishing %r from procedure %s failed", topic, w.procedure_id)
+            self._broadcast(w, topic, kwargs)
+        elif tag == wk.EXIT:
+            w.exit_intent = (msg[1], msg[2])
+
+    def _broadcast(self, source: _Worker | None, topic: str, kwargs: dict[str, Any]) -> None:
+        for other in self._workers.values():
+            if other is not source and not other.stopping:
+                other.send((wk.PUBSUB, topic, kwargs))
+
+    def _begin_stop(self, w: _Worker) -> None:
+        if w.stopping:
+            return
+        w.stopping = True
+        if w.procedure_id is None:  # a spare runs no script: no need to be gentle
+            w.killed = True
+            kill_tree(w.os_pid, [])
+            return
+        w.snapshot = _descendants(w.os_pid)
+        try:
+            os.kill(w.os_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return  # already gone; the sentinel will report it
+        w.deadline = time.monotonic() + self.stop_grace
+        if self.stop_grace <= 0:
+            self._enforce_deadlines()
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for w in self._workers.values():
+            if w.deadline is not None and not w.killed and now >= w.deadline:
+                LOGGER.warning(
+                    "Procedure %s did not end within %.1f s of SIGTERM: killing its "
+                    "process group",
+                    w.procedure_id,
+                    self.stop_grace,
+                )
+                w.killed = True
+                w.deadline = None
+                w.snapshot += _descendants(w.os_pid)
+                kill_tree(w.os_pid, w.snapshot)
+
+    def _reap(self, w: _Worker) -> None:
+        self._drain(w)
+        w.process.join(0)
+        exitcode = w.process.exitcode
+        gone = confirm_gone(w.os_pid, w.snapshot, KILL_CONFIRM_TIMEOUT)
+        self._forget(w)
+        pid = w.procedure_id
+        if pid is None:
+            if not self._closing:
+                LOGGER.warning("Spare worker %s %s", w.os_pid, describe_exit(exitcode))
+            return
+        stacktrace: str | None = None
+        if not gone:
+            state = ProcedureState.UNKNOWN
+            stacktrace = f"Processes of worker {w.os_pid} survived SIGKILL"
+        elif w.exit_intent is not None:
+            state = ProcedureState[w.exit_intent[0]]
+            stacktrace = w.exit_intent[1]
+        elif w.stopping:
+            state = ProcedureState.STOPPED
+        else:
+            state = ProcedureState.FAILED
+            stacktrace = (
+                f"The worker process (PID {w.os_pid}) {describe_exit(exitcode)} "
+                "without reporting an end"
+            )
+        self._report(pid, state, {"stacktrace": stacktrace, "exitcode": exitcode})
+
+    def _forget(self, w: _Worker) -> None:
+        for fileobj in (w.conn.fileno() if w.conn_open else None, w.process.sentinel):
+            if fileobj is not None:
+                try:
+                    self._selector.unregister(fileobj)
+                except (KeyError, ValueError):
+                    pass
+        w.conn_open = False
+        w.conn.close()
+        if w.procedure_id is not None:
+            self._workers.pop(w.procedure_id, None)
+        elif w in self._spares:
+            self._spares.remove(w)
+        try:
+            w.process.close()
+        except ValueError:
+            pass
+
+    def _report(
+        self,
+        pid: int,
+        state: ProcedureState,
+        info: dict[str, Any] | None,
+        timestamp: float | None = None,
+    ) -> None:
+        try:
+            self._on_state(pid, state, timestamp or time.time(), info)
+        except Exception:  # noqa: BLE001 - a listener's bug must not stop supervision
+            LOGGER.exception("Recording %s for procedure %s failed", state.name, pid)
+
+    def _close(self) -> None:
+        global _live_supervisors
+        with self._post_lock:
+            self._closed = True
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        self._launch_q.put(None)
+        with _live_lock:
+            _live_supervisors -= 1
+            last = _live_supervisors == 0
+        if last:
+            _stop_helpers()
+
+
+class ManagementListener:
+    """Subscribes a supervisor to one ProcessManager's ``procedure.management`` topics."""
+
+    def __init__(self, supervisor: Supervisor, manager_name: str) -> None:
+        from ska_oso_oet.procedure import manager as mgr
+
+        self._supervisor = supervisor
+        self._name = manager_name
+        self._topics = [
+            (self.on_create, mgr.CREATE_TOPIC),
+            (self.on_run, mgr.RUN_TOPIC),
+            (self.on_stop, mgr.STOP_TOPIC),
+        ]
+        for listener, topic in self._topics:
+            pub.subscribe(listener, topic)
+
+    def on_create(
+        self,
+        msg_src: str,
+        procedure_id: int,
+        script: Any,
+        init_args: Any,
+        context: Any,
+        local_path: str | None,
+    ) -> None:
+        if msg_src == self._name:
+            self._supervisor.create(procedure_id, script, init_args, context, local_path)
+
+    def on_run(
+        self, msg_src: str, procedure_id: int, fn_name: str, run_args: Any, context: Any
+    ) -> None:
+        if msg_src == self._name:
+            self._supervisor.run(procedure_id, fn_name, run_args, context)
+
+    def on_stop(self, msg_src: str, procedure_id: int) -> None:
+        if msg_src == self._name:
+            self._supervisor.stop(procedure_id)
+
+    def close(self) -> None:
+        for listener, topic in self._topics:
+            pub.unsubscribe(listener, topic)

@@ -1,0 +1,378 @@
+"""The script worker: the child process that loads one script and runs its functions.
+
+Each procedure gets its own worker process. The worker's *main thread* runs the script (its
+import, ``init`` and the functions named in Start) so that SIGTERM raises inside the script
+itself, even while it sleeps or waits on a lock. A second thread runs the worker's message loop
+(:meth:`ScriptWorker.main_loop`), which stays responsive to run requests and pub/sub traffic
+while the script works.
+
+This module is preloaded by the launcher that forks every worker, so it imports only the
+standard library, pypubsub and the light modules of this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pubsub import pub
+
+from ska_oso_oet.procedure.context import ScriptContext
+from ska_oso_oet.procedure.scripts import ExecutableScript, ModuleFactory, ProcedureInput
+from ska_oso_oet.procedure.states import ProcedureState
+
+LOGGER = logging.getLogger(__name__)
+
+# Messages from the supervisor to a worker: tuples whose first item is one of these tags.
+LOAD = "LOAD"  # (LOAD, procedure_id, script, init_args, context, local_path)
+ENV = "ENV"  # (ENV, environment) - install a git script's dependencies
+RUN = "RUN"  # (RUN, fn_name, run_args, context)
+PUBSUB = "PUBSUB"  # (PUBSUB, topic, kwargs) - also sent by workers
+SHUTDOWN = "SHUTDOWN"  # (SHUTDOWN,)
+# Messages from a worker to the supervisor.
+STATE = "STATE"  # (STATE, state_name, timestamp, info)
+EXIT = "EXIT"  # (EXIT, final_state_name, stacktrace) - sent just before the process exits
+# Internal messages of the worker's main thread.
+USER_FN_COMPLETE = "USER_FN_COMPLETE"
+USER_FN_FAILED = "USER_FN_FAILED"
+
+#: Topics that the worker does not forward: lifecycle events travel as STATE messages.
+PRIVATE_TOPIC_PREFIX = "procedure."
+
+
+class StopScript(BaseException):
+    """Raised inside a running script when the operator stops it (SIGTERM).
+
+    A BaseException, like KeyboardInterrupt, so that a script's ``except Exception`` does not
+    swallow it; ``finally`` blocks and context managers still run.
+    """
+
+
+@dataclasses.dataclass
+class LifecycleMessage:
+    """LifecycleMessage is a message type for script lifecycle events."""
+
+    msg_src: str
+    new_state: ProcedureState
+
+
+@dataclasses.dataclass
+class RunThreadState:
+    """Represents the state of a thread running a user function during its execution."""
+
+    thread: threading.Thread
+    fn_name: str
+    exception: BaseException | None = None
+
+
+class _SignalState:
+    """Lets the worker defer a stop request while it writes to its pipe.
+
+    Python runs signal handlers in the main thread between bytecodes; raising in the middle of
+    a message write would corrupt the stream, so such writes mark themselves critical and the
+    handler only records the request.
+    """
+
+    def __init__(self) -> None:
+        self.critical = 0
+        self.pending = False
+        self.received = 0
+
+
+def script_signal_handler(
+    signal_object: _SignalState,
+    exception_class: type[BaseException],
+    signal_num: int,
+    current_stack_frame: types.FrameType | None,
+) -> None:
+    """Custom signal handling function that simply raises an exception.
+
+    Assuming the running Python script does not catch this exception, it will interrupt script
+    execution and result in termination of that script. Sibling script processes are not
+    affected. While the worker is in a critical section the exception is deferred until it
+    leaves it.
+    """
+    signal_object.received += 1
+    if signal_object.critical:
+        signal_object.pending = True
+        return
+    raise exception_class(f"stopped by {signal.Signals(signal_num).name}")
+
+
+class _Channel:
+    """One end of the worker's duplex pipe, shared by its two threads."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def put(self, msg: tuple[Any, ...]) -> None:
+        with self._lock:
+            self.conn.send(msg)
+
+    def get(self) -> Any:
+        return self.conn.recv()
+
+
+def _accepts_context(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get("context")
+    return param is not None and param.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def script_functions(module: types.ModuleType) -> list[str]:
+    """Names of the functions a Start may call: public module-level callables."""
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and callable(value)
+        and not isinstance(value, type)
+        and getattr(value, "__module__", None) == module.__name__
+    )
+
+
+class ScriptWorker:
+    """ScriptWorker loads user code in a child process, running functions of that user code on
+    request.
+
+    It acts on messages from its work queue: LOAD (load the script), ENV (install a git
+    script's dependencies), RUN (run a named function) and PUBSUB (a pub/sub message from
+    elsewhere, published locally). Messages a script publishes locally with pypubsub are sent
+    on to the supervisor, which publishes them in the service's process and passes them to the
+    other workers.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        startup_event: threading.Event,
+        shutdown_event: threading.Event,
+        event_q: _Channel,
+        work_q: _Channel,
+        *args: Any,
+        environment: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.name = name
+        self.startup_event = startup_event
+        self.shutdown_event = shutdown_event
+        self.event_q = event_q
+        self.work_q = work_q
+        self.environment = environment
+        self.procedure_id: int | None = None
+        self.module: types.ModuleType | None = None
+        self.run_state: RunThreadState | None = None
+        self._tasks: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._signals = _SignalState()
+        self._local = threading.local()
+        self.term_handler = functools.partial(script_signal_handler, self._signals, StopScript)
+
+    # -- the two threads ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Entry point in the child process's main thread; never returns."""
+        signal.signal(signal.SIGTERM, self.term_handler)
+        pub.subscribe(self.republish, pub.ALL_TOPICS)
+        loop = threading.Thread(target=self.main_loop, name=f"{self.name}-loop", daemon=True)
+        loop.start()
+        self.startup_event.set()
+        try:
+            self._serve_tasks()
+        except StopScript:
+            self._exit(ProcedureState.STOPPED, None)
+        except SystemExit as exc:
+            self._exit(ProcedureState.FAILED, _format_exit(exc))
+        except BaseException as exc:  # noqa: BLE001 - anything a script raises ends it
+            if self.run_state is not None:
+                self.run_state.exception = exc
+            self._exit(ProcedureState.FAILED, traceback.format_exc())
+
+    def main_loop(self) -> None:
+        """Deliver each message received on the work queue to :meth:`main_func`.
+
+        Delivery ends when the shutdown event is set, a SHUTDOWN message arrives or the
+        supervisor goes away (the worker then ends at once: it is never left orphaned).
+        """
+        while not self.shutdown_event.is_set():
+            try:
+                msg = self.work_q.get()
+            except (EOFError, OSError):
+                _flush_and_exit(3)
+            if msg[0] == SHUTDOWN:
+                self.shutdown_event.set()
+            self.main_func(msg)
+
+    def main_func(self, msg: tuple[Any, ...]) -> None:
+        """Act on one message from the work queue (runs in the loop thread)."""
+        if msg[0] == PUBSUB:
+            self._deliver(msg[1], msg[2])
+        else:
+            self._tasks.put(msg)
+
+    # -- main thread: the script ---------------------------------------------------------------
+
+    def _serve_tasks(self) -> None:
+        while True:
+            task = self._tasks.get()  # a stop request raises StopScript here too
+            tag = task[0]
+            if tag == LOAD:
+                self._load(*task[1:])
+            elif tag == ENV:
+                self._prepare_environment(task[1])
+            elif tag == RUN:
+                self._run(*task[1:])
+            elif tag == SHUTDOWN:
+                self._exit(ProcedureState.STOPPED, None)
+
+    def _load(
+        self,
+        procedure_id: int,
+        script: ExecutableScript,
+        init_args: ProcedureInput,
+        context: ScriptContext,
+        local_path: str | None,
+    ) -> None:
+        self.procedure_id = procedure_id
+        self.publish_lifecycle(ProcedureState.IDLE)
+        self.publish_lifecycle(ProcedureState.LOADING)
+        self.module = ModuleFactory.get_module(script, path=local_path)
+        self.publish_lifecycle(ProcedureState.IDLE)
+        init = getattr(self.module, "init", None)
+        if callable(init):
+            self.publish_lifecycle(ProcedureState.INITIALISING)
+            self._call(init, init_args, context)
+        self.publish_lifecycle(
+            ProcedureState.READY, {"functions": script_functions(self.module)}
+        )
+
+    def _prepare_environment(self, environment: Any) -> None:
+        self.environment = environment
+        self.publish_lifecycle(ProcedureState.PREP_ENV)
+        environment.install_into_worker()
+        self.publish_lifecycle(ProcedureState.IDLE)
+
+    def _run(self, fn_name: str, run_args: ProcedureInput, context: ScriptContext) -> None:
+        fn = getattr(self.module, fn_name, None)
+        if not callable(fn):
+            raise AttributeError(f"The script has no function named {fn_name!r}")
+        self.run_state = RunThreadState(threading.current_thread(), fn_name)
+        self.publish_lifecycle(ProcedureState.RUNNING)
+        try:
+            self._call(fn, run_args, context)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise
+            # sys.exit() or sys.exit(0) ends the function successfully
+        self.run_state = None
+        self.publish_lifecycle(ProcedureState.READY)
+        if fn_name == "main":
+            self._exit(ProcedureState.COMPLETE, None)
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], fn_input: ProcedureInput, context: ScriptContext) -> Any:
+        kwargs = dict(fn_input.kwargs)
+        if _accepts_context(fn):
+            kwargs["context"] = context
+        return fn(*fn_input.args, **kwargs)
+
+    # -- messages out ---------------------------------------------------------------------
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        signals = self._signals
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            signals.critical += 1
+        try:
+            self.event_q.put(msg)
+        finally:
+            if on_main:
+                signals.critical -= 1
+        if on_main and signals.pending and not signals.critical:
+            signals.pending = False
+            raise StopScript("stopped by SIGTERM")
+
+    def publish_lifecycle(
+        self, new_state: ProcedureState, info: dict[str, Any] | None = None
+    ) -> None:
+        """Broadcast a lifecycle status change event."""
+        self._send((STATE, new_state.name, time.time(), info))
+
+    def republish(self, topic: Any = pub.AUTO_TOPIC, **kwargs: Any) -> None:
+        """Republish a local pypubsub event over the inter-process event bus."""
+        if getattr(self._local, "delivering", False):
+            return  # came from the bus: do not echo it back
+        name = topic.getName()
+        if name.startswith(PRIVATE_TOPIC_PREFIX):
+            return
+        try:
+            self._send((PUBSUB, name, kwargs))
+        except (TypeError, AttributeError, ValueError) as exc:
+            # Pickling happens before any byte is written, so the stream stays intact.
+            LOGGER.warning("Cannot send pub/sub message %r to other processes: %s", name, exc)
+
+    def _deliver(self, topic: str, kwargs: dict[str, Any]) -> None:
+        self._local.delivering = True
+        try:
+            pub.sendMessage(topic, **kwargs)
+        except Exception:  # noqa: BLE001 - a bad listener in a script must not kill the loop
+            LOGGER.exception("Delivering pub/sub message %r failed", topic)
+        finally:
+            self._local.delivering = False
+
+    def _exit(self, state: ProcedureState, stacktrace: str | None) -> None:
+        self._signals.critical += 1  # nothing may interrupt the last message
+        try:
+            self.event_q.put((EXIT, state.name, stacktrace))
+        except Exception:  # noqa: BLE001 - the supervisor may be gone; exit regardless
+            pass
+        _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1)
+
+
+def _format_exit(exc: SystemExit) -> str:
+    return f"The script called sys.exit({exc.code!r})\n" + "".join(
+        traceback.format_exception(exc)
+    )
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001, S110 - exiting anyway
+            pass
+    os._exit(code)
+
+
+def worker_process_main(conn: Connection, name: str) -> None:
+    """Body of a worker process: serve the supervisor until the procedure ends."""
+    # Lead a new process group, so that a stop can kill everything the script started and
+    # a Ctrl-C meant for the server's terminal does not reach the script.
+    os.setpgid(0, 0)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass
+    channel = _Channel(conn)
+    worker = ScriptWorker(name, threading.Event(), threading.Event(), channel, channel)
+    worker.run()
