@@ -173,8 +173,7 @@ class ScriptExecutionService:
         """
         if stop_grace < 0 or history_limit < 0 or max_running < 1 or spare_workers < 0:
             raise ValueError(
-                "stop_grace and history_limit must be >= 0, max_running >= 1, "
-                "spare_workers >= 0"
+                "stop_grace and history_limit must be >= 0, max_running >= 1, spare_workers >= 0"
             )
         self.abort_script = abort_script
         self.history_limit = history_limit
@@ -205,8 +204,14 @@ class ScriptExecutionService:
         pub.subscribe(self.handle_wait_for_qa_ready_disable, WAIT_FOR_QA_READY_DISABLE)
         self._supervisor.start()
         ref = weakref.ref(self)
-        self._atexit = lambda: (s := ref()) is not None and s.shutdown()
-        atexit.register(self._atexit)
+
+        def shutdown_at_exit() -> None:
+            service = ref()
+            if service is not None:
+                service.shutdown()
+
+        self._atexit = shutdown_at_exit
+        atexit.register(shutdown_at_exit)
 
     # -- context manager -------------------------------------------------------------------
 
@@ -338,7 +343,9 @@ class ScriptExecutionService:
             assert self.abort_script is not None
             subarray_id = self._subarray_id(pid)
             abort_args = (
-                ProcedureInput() if subarray_id is None else ProcedureInput(subarray_id=subarray_id)
+                ProcedureInput()
+                if subarray_id is None
+                else ProcedureInput(subarray_id=subarray_id)
             )
             try:
                 abort = self._prepare(PrepareProcessCommand(self.abort_script, abort_args), None)
@@ -357,9 +364,7 @@ class ScriptExecutionService:
                 return [self._summary(p) for p in self._records]
             unknown = [p for p in pids if p not in self._records]
             if unknown:
-                raise UnknownProcedureError(
-                    f"No procedure with ID {', '.join(map(str, unknown))}"
-                )
+                raise UnknownProcedureError(f"No procedure with ID {', '.join(map(str, unknown))}")
             return [self._summary(p) for p in pids]
 
     # -- operator overrides ---------------------------------------------------------------
@@ -395,9 +400,11 @@ class ScriptExecutionService:
         wanted = {states} if isinstance(states, ProcedureState) else set(states)
         with self._changed:
             ok = self._changed.wait_for(
-                lambda: self._states.get(pid) in wanted
-                or pid not in self._states
-                or self._states[pid].is_final,
+                lambda: (
+                    self._states.get(pid) in wanted
+                    or pid not in self._states
+                    or self._states[pid].is_final
+                ),
                 timeout,
             )
             if not ok:
@@ -450,11 +457,11 @@ class ScriptExecutionService:
                     rec.functions = list(info["functions"])
             if state.is_final or (state is ProcedureState.READY and old is ProcedureState.RUNNING):
                 rec.claims_run = False
+            self._outbox.append((pid, state, self._summary(pid)))
             if state.is_final:
                 self._ended.append(pid)
                 abort_id = self._abort_after.pop(pid, None)
                 self._trim_history()
-            self._outbox.append((pid, state, self._summary(pid)))
             self._changed.notify_all()
         if state is ProcedureState.FAILED:
             LOGGER.error("Procedure %s FAILED:\n%s", pid, rec.history.stacktrace)
@@ -491,12 +498,12 @@ class ScriptExecutionService:
                     pid, state, summary = self._outbox.popleft()
                 try:
                     pub.sendMessage(STATECHANGE_TOPIC, msg_src=pid, new_state=state)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     LOGGER.exception("A %s listener failed", STATECHANGE_TOPIC)
                 for listener in list(self._listeners):
                     try:
                         listener(summary)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         LOGGER.exception("A procedure listener failed")
 
     def _check_open(self) -> None:

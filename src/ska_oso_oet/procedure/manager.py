@@ -33,7 +33,7 @@ class ProcessManager:
     def __init__(
         self,
         states: dict[int, ProcedureState] | None = None,
-        state_lock: threading.RLock | None = None,  # type: ignore[valid-type]
+        state_lock: threading.RLock | None = None,
     ) -> None:
         """Create a new ProcessManager.
 

@@ -95,10 +95,12 @@ class _WorkerPopen(popen_forkserver.Popen):
             reduction.dump(process_obj, buf)
         finally:
             mp_context.set_spawning_popen(None)
-        self.sentinel, data_w = multiprocessing.forkserver.connect_to_new_process(self._fds)
+        fds = self._fds  # type: ignore[attr-defined]
+        self.sentinel, data_w = multiprocessing.forkserver.connect_to_new_process(fds)
         # the child watches a copy of the data pipe to learn that its parent has gone
         parent_w = os.dup(data_w)
-        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+        close_fds = util.close_fds  # type: ignore[attr-defined]
+        self.finalizer = util.Finalize(self, close_fds, (parent_w, self.sentinel))
         with open(data_w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
@@ -106,7 +108,7 @@ class _WorkerPopen(popen_forkserver.Popen):
 
 class _WorkerProcess(mp_context.ForkServerProcess):
     @staticmethod
-    def _Popen(process_obj: BaseProcess) -> _WorkerPopen:  # type: ignore[override]
+    def _Popen(process_obj: BaseProcess) -> _WorkerPopen:
         return _WorkerPopen(process_obj)
 
 
@@ -117,7 +119,7 @@ _live_supervisors = 0
 def _reset_helpers_in_child() -> None:
     """After a plain fork (pytest --forked, a forking Tango test context), forget the
     parent's fork server and resource tracker: they are not this process's children."""
-    server = multiprocessing.forkserver._forkserver
+    server: Any = multiprocessing.forkserver._forkserver
     if server._forkserver_pid is not None:
         for fd in (server._forkserver_alive_fd,):
             if fd is not None:
@@ -128,7 +130,7 @@ def _reset_helpers_in_child() -> None:
         server._forkserver_pid = None
         server._forkserver_alive_fd = None
         server._forkserver_address = None
-    tracker = multiprocessing.resource_tracker._resource_tracker
+    tracker: Any = multiprocessing.resource_tracker._resource_tracker
     if getattr(tracker, "_pid", None) is not None:
         if tracker._fd is not None:
             try:
@@ -144,12 +146,15 @@ os.register_at_fork(after_in_child=_reset_helpers_in_child)
 
 def _stop_helpers() -> None:
     """Stop the fork server and resource tracker once no supervisor needs them."""
-    for helper in (multiprocessing.forkserver._forkserver, multiprocessing.resource_tracker._resource_tracker):
+    for helper in (
+        multiprocessing.forkserver._forkserver,
+        multiprocessing.resource_tracker._resource_tracker,
+    ):
         stop = getattr(helper, "_stop", None)
         if stop is not None:
             try:
                 stop()
-            except Exception:  # noqa: BLE001 - best effort at shutdown
+            except Exception:
                 LOGGER.debug("Could not stop %r", helper, exc_info=True)
 
 
@@ -191,12 +196,16 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def kill_tree(pgid: int, extra: Iterable[psutil.Process]) -> None:
-    """SIGKILL process group ``pgid`` and the given processes (which may have left it)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def kill_tree(pgid: int, extra: Iterable[psutil.Process], leader_alive: bool = True) -> None:
+    """SIGKILL worker ``pgid``, its process group and the given processes (which may have left
+    the group). While the worker has not been reaped it is named too: one that has only just
+    started may not lead its group yet."""
+    kills = [(os.killpg, pgid), (os.kill, pgid)] if leader_alive else [(os.killpg, pgid)]
+    for kill, target in kills:
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     for proc in extra:
         try:
             proc.kill()  # psutil refuses if the PID now belongs to another process
@@ -205,8 +214,8 @@ def kill_tree(pgid: int, extra: Iterable[psutil.Process]) -> None:
 
 
 def confirm_gone(pgid: int, extra: list[psutil.Process], timeout: float) -> bool:
-    """Kill what is left of a worker's process tree and wait until none of it lives."""
-    kill_tree(pgid, extra)
+    """Kill what is left of a reaped worker's process tree; wait until none of it lives."""
+    kill_tree(pgid, extra, leader_alive=False)
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
@@ -221,7 +230,7 @@ def confirm_gone(pgid: int, extra: list[psutil.Process], timeout: float) -> bool
             return True
         if time.monotonic() > deadline:
             return False
-        kill_tree(pgid, extra)
+        kill_tree(pgid, extra, leader_alive=False)
         time.sleep(delay)  # the kernel is tearing the processes down; poll gently
         delay = min(delay * 2, 0.05)
 
@@ -264,15 +273,17 @@ class Supervisor:
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._workers: dict[int, _Worker] = {}
         self._spares: deque[_Worker] = deque()
-        # procedures waiting for a process: id -> [LOAD message, stop requested]
-        self._pending: dict[int, list[Any]] = {}
+        # procedures waiting for a process: id -> (messages to send it, stop requested)
+        self._pending: dict[int, tuple[list[tuple[Any, ...]], list[bool]]] = {}
         self._launch_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._launches = 0  # launch requests not yet answered
         self._spare_launches = 0
         self._closing = False
         self._closed = False
         self._thread = threading.Thread(target=self.main_loop, name="oet-supervisor", daemon=True)
-        self._launcher = threading.Thread(target=self._launch_loop, name="oet-launcher", daemon=True)
+        self._launcher = threading.Thread(
+            target=self._launch_loop, name="oet-launcher", daemon=True
+        )
 
     # -- commands, callable from any thread ----------------------------------------------------
 
@@ -336,7 +347,7 @@ class Supervisor:
                 return
             try:
                 w = self._launch()
-            except Exception as exc:  # noqa: BLE001 - reported to the procedure
+            except Exception as exc:
                 LOGGER.exception("Could not start a worker process")
                 self._post_quiet(("launched", pid, None, exc))
             else:
@@ -420,31 +431,34 @@ class Supervisor:
             load = (wk.LOAD, pid, script, init_args, context, local_path)
             w = self._take_spare()
             if w is None:
-                self._pending[pid] = [load, False]
+                self._pending[pid] = ([load], [False])
                 self._request_launch(pid)
             else:
-                self._assign(w, pid, load)
+                self._assign(w, pid, [load])
         elif tag == "launched":
             self._adopt(command[1], command[2], command[3])
         elif tag == "run":
             _, pid, fn_name, run_args, context = command
+            msg = (wk.RUN, fn_name, run_args, context)
             w = self._workers.get(pid)
             if w is not None and not w.stopping:
-                w.send((wk.RUN, fn_name, run_args, context))
+                w.send(msg)
+            elif pid in self._pending:
+                self._pending[pid][0].append(msg)
         elif tag == "stop":
             pid = command[1]
             w = self._workers.get(pid)
             if w is not None:
                 self._begin_stop(w)
             elif pid in self._pending:
-                self._pending[pid][1] = True
+                self._pending[pid][1][0] = True
         elif tag == "publish":
             self._broadcast(None, command[1], command[2])
         elif tag == "shutdown":
             self._closing = True
             self._launch_q.put(None)
-            for pending in self._pending.values():
-                pending[1] = True
+            for _msgs, stop_requested in self._pending.values():
+                stop_requested[0] = True
             for w in list(self._workers.values()):
                 self._begin_stop(w)
             for spare in list(self._spares):
@@ -469,15 +483,16 @@ class Supervisor:
             if self._closing:
                 self._begin_stop(w)
             return
-        load, stop_requested = self._pending.pop(pid)
-        self._assign(w, pid, load)
-        if stop_requested:
+        msgs, stop_requested = self._pending.pop(pid)
+        self._assign(w, pid, msgs)
+        if stop_requested[0]:
             self._begin_stop(w)
 
-    def _assign(self, w: _Worker, pid: int, load: tuple[Any, ...]) -> None:
+    def _assign(self, w: _Worker, pid: int, msgs: list[tuple[Any, ...]]) -> None:
         w.procedure_id = pid
         self._workers[pid] = w
-        w.send(load)
+        for msg in msgs:
+            w.send(msg)
 
     def _take_spare(self) -> _Worker | None:
         while self._spares:
@@ -502,7 +517,7 @@ class Supervisor:
                 w.conn_open = False
                 self._selector.unregister(w.conn.fileno())
                 return
-            except Exception:  # noqa: BLE001 - e.g. a message that cannot be unpickled here
+            except Exception:
                 LOGGER.exception("Unreadable message from procedure %s", w.procedure_id)
                 continue
             self._message(w, msg)
@@ -517,7 +532,7 @@ class Supervisor:
             _, topic, kwargs = msg
             try:
                 self._on_pubsub(w.procedure_id, topic, kwargs)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 LOGGER.exception("Publishing %r from procedure %s failed", topic, w.procedure_id)
             self._broadcast(w, topic, kwargs)
         elif tag == wk.EXIT:
@@ -550,8 +565,7 @@ class Supervisor:
         for w in self._workers.values():
             if w.deadline is not None and not w.killed and now >= w.deadline:
                 LOGGER.warning(
-                    "Procedure %s did not end within %.1f s of SIGTERM: killing its "
-                    "process group",
+                    "Procedure %s did not end within %.1f s of SIGTERM: killing its process group",
                     w.procedure_id,
                     self.stop_grace,
                 )
@@ -615,7 +629,7 @@ class Supervisor:
     ) -> None:
         try:
             self._on_state(pid, state, timestamp or time.time(), info)
-        except Exception:  # noqa: BLE001 - a listener's bug must not stop supervision
+        except Exception:
             LOGGER.exception("Recording %s for procedure %s failed", state.name, pid)
 
     def _close(self) -> None:
@@ -641,7 +655,7 @@ class ManagementListener:
 
         self._supervisor = supervisor
         self._name = manager_name
-        self._topics = [
+        self._topics: list[tuple[Callable[..., Any], str]] = [
             (self.on_create, mgr.CREATE_TOPIC),
             (self.on_run, mgr.RUN_TOPIC),
             (self.on_stop, mgr.STOP_TOPIC),

@@ -185,6 +185,7 @@ class ScriptWorker:
         self._tasks: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._signals = _SignalState()
         self._local = threading.local()
+        self._os_pid = os.getpid()
         self.term_handler = functools.partial(script_signal_handler, self._signals, StopScript)
 
     # -- the two threads ---------------------------------------------------------------------
@@ -202,7 +203,7 @@ class ScriptWorker:
             self._exit(ProcedureState.STOPPED, None)
         except SystemExit as exc:
             self._exit(ProcedureState.FAILED, _format_exit(exc))
-        except BaseException as exc:  # noqa: BLE001 - anything a script raises ends it
+        except BaseException as exc:
             if self.run_state is not None:
                 self.run_state.exception = exc
             self._exit(ProcedureState.FAILED, traceback.format_exc())
@@ -261,9 +262,7 @@ class ScriptWorker:
         if callable(init):
             self.publish_lifecycle(ProcedureState.INITIALISING)
             self._call(init, init_args, context)
-        self.publish_lifecycle(
-            ProcedureState.READY, {"functions": script_functions(self.module)}
-        )
+        self.publish_lifecycle(ProcedureState.READY, {"functions": script_functions(self.module)})
 
     def _prepare_environment(self, environment: Any) -> None:
         self.environment = environment
@@ -288,16 +287,28 @@ class ScriptWorker:
         if fn_name == "main":
             self._exit(ProcedureState.COMPLETE, None)
 
-    @staticmethod
-    def _call(fn: Callable[..., Any], fn_input: ProcedureInput, context: ScriptContext) -> Any:
+    def _call(
+        self, fn: Callable[..., Any], fn_input: ProcedureInput, context: ScriptContext
+    ) -> Any:
         kwargs = dict(fn_input.kwargs)
         if _accepts_context(fn):
             kwargs["context"] = context
-        return fn(*fn_input.args, **kwargs)
+        try:
+            result = fn(*fn_input.args, **kwargs)
+            if inspect.iscoroutine(result):  # an ``async def`` script function
+                import asyncio
+
+                result = asyncio.run(result)
+        finally:
+            if os.getpid() != self._os_pid:
+                _flush_and_exit(0)  # a process the script forked came back: it ends here
+        return result
 
     # -- messages out ---------------------------------------------------------------------
 
     def _send(self, msg: tuple[Any, ...]) -> None:
+        if os.getpid() != self._os_pid:
+            return  # a process the script forked: the pipe belongs to the worker alone
         signals = self._signals
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
@@ -334,24 +345,24 @@ class ScriptWorker:
         self._local.delivering = True
         try:
             pub.sendMessage(topic, **kwargs)
-        except Exception:  # noqa: BLE001 - a bad listener in a script must not kill the loop
+        except Exception:
             LOGGER.exception("Delivering pub/sub message %r failed", topic)
         finally:
             self._local.delivering = False
 
     def _exit(self, state: ProcedureState, stacktrace: str | None) -> None:
         self._signals.critical += 1  # nothing may interrupt the last message
+        if os.getpid() != self._os_pid:
+            _flush_and_exit(0)  # a forked copy of the worker that returned from the script
         try:
             self.event_q.put((EXIT, state.name, stacktrace))
-        except Exception:  # noqa: BLE001 - the supervisor may be gone; exit regardless
+        except Exception:
             pass
         _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1)
 
 
 def _format_exit(exc: SystemExit) -> str:
-    return f"The script called sys.exit({exc.code!r})\n" + "".join(
-        traceback.format_exception(exc)
-    )
+    return f"The script called sys.exit({exc.code!r})\n" + "".join(traceback.format_exception(exc))
 
 
 def _flush_and_exit(code: int) -> None:
@@ -359,7 +370,7 @@ def _flush_and_exit(code: int) -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except Exception:  # noqa: BLE001, S110 - exiting anyway
+        except Exception:
             pass
     os._exit(code)
 

@@ -1,0 +1,97 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from pubsub import pub
+
+from ska_oso_oet.procedure.application import ScriptExecutionService
+from ska_oso_oet.procedure.domain import FileSystemScript
+
+SCRIPTS = pathlib.Path(__file__).parent / "scripts"
+
+
+def script(name: str) -> FileSystemScript:
+    """A FileSystemScript for one of the test scripts."""
+    return FileSystemScript(f"file://{SCRIPTS / name}")
+
+
+class TopicRecorder:
+    """Collects the messages of a pypubsub topic; waits for them on a condition."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.messages: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        # Listening to all topics leaves each topic's message signature to its first sender.
+        pub.subscribe(self._listener, pub.ALL_TOPICS)
+
+    def _listener(self, topic: Any = pub.AUTO_TOPIC, **kwargs: Any) -> None:
+        if topic.getName() != self.topic:
+            return
+        with self._cond:
+            self.messages.append(kwargs)
+            self._cond.notify_all()
+
+    def wait(self, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.messages) >= count, timeout):
+                raise TimeoutError(f"{len(self.messages)} of {count} {self.topic} messages")
+            return list(self.messages)
+
+    def close(self) -> None:
+        pub.unsubscribe(self._listener, pub.ALL_TOPICS)
+
+
+@pytest.fixture
+def recorder() -> Iterator[Any]:
+    made: list[TopicRecorder] = []
+
+    def make(topic: str) -> TopicRecorder:
+        made.append(TopicRecorder(topic))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture
+def no_leftover_processes() -> Iterator[None]:
+    """Fail the test if it leaves a child process of the test runner behind."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    after = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    for p in after:
+        p.kill()
+    assert not after, f"processes left behind: {after}"
+
+
+@pytest.fixture
+def make_service(no_leftover_processes: None) -> Iterator[Any]:
+    """Factory for ScriptExecutionService instances, each shut down after the test."""
+    services: list[ScriptExecutionService] = []
+
+    def make(**kwargs: Any) -> ScriptExecutionService:
+        kwargs.setdefault("stop_grace", 1.0)
+        services.append(ScriptExecutionService(**kwargs))
+        return services[-1]
+
+    yield make
+    for s in services:
+        s.shutdown()
+
+
+@pytest.fixture
+def ses(make_service: Any) -> ScriptExecutionService:
+    return make_service()

@@ -1,0 +1,5 @@
+import os
+
+
+def main(code=3):
+    os._exit(code)
