@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,31 @@ from ska_oso_oet.procedure.application import ScriptExecutionService
 from ska_oso_oet.procedure.domain import FileSystemScript
 
 SCRIPTS = pathlib.Path(__file__).parent / "scripts"
+
+# Tango servers started by the tests listen on loopback only (omniORB reads its options from
+# the environment; a server forked from this process would otherwise listen on every address).
+os.environ.setdefault("ORBendPoint", "giop:tcp:127.0.0.1:")
+
+
+def _patch_pytest_forked() -> None:
+    """pytest-forked 1.7 cannot marshal pytest 9's report node IDs: every forked test then
+    'EXITED with status 3'. Serialise the ID as the plain string it is."""
+    try:
+        import pytest_forked
+    except ImportError:  # pragma: no cover
+        return
+    original = pytest_forked.serialize_report
+
+    def serialize_report(rep: Any) -> Any:
+        data = original(rep)
+        if "_id" in data:
+            data["nodeid"] = str(data.pop("_id"))
+        return data
+
+    pytest_forked.serialize_report = serialize_report
+
+
+_patch_pytest_forked()
 
 
 def script(name: str) -> FileSystemScript:

@@ -231,6 +231,11 @@ class ScriptExecutionService:
     def wait_for_qa_ready(self) -> bool:
         return self._wait_for_qa_ready
 
+    @property
+    def healthy(self) -> bool:
+        """True while the service is open and its process supervisor is alive."""
+        return not self._closed and self._supervisor.running
+
     # -- the four operations ---------------------------------------------------------------
 
     def prepare(self, cmd: PrepareProcessCommand) -> ProcedureSummary:

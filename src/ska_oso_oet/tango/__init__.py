@@ -1,0 +1,1 @@
+"""The Tango interface of the OET: the ObservationExecutionTool device and its server."""

@@ -1,0 +1,275 @@
+"""The ObservationExecutionTool Tango device: a thin facade over ScriptExecutionService.
+
+It parses and validates JSON requests (the pydantic models of :mod:`procedure.ui`), calls the
+service, turns refusals into ``DevFailed`` with a message a person can act on, and pushes a
+change and archive event of ``procedureSummaries`` for every state or history change. No
+business rule lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tango
+from tango import AttrWriteType, DevState
+from tango.server import attribute, command, device_property
+
+from ska_oso_oet.procedure import ui
+from ska_oso_oet.procedure.application import ProcedureSummary, ScriptExecutionService
+from ska_oso_oet.procedure.errors import ProcedureError, UnknownProcedureError
+from ska_oso_oet.procedure.scripts import FileSystemScript
+from ska_oso_oet.procedure.states import ProcedureState
+from ska_oso_oet.tango.ska import ACCEPTING_MODES, AdminMode, HealthState, SKADevice
+
+LOGGER = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _throw(reason: str, desc: str, origin: str) -> None:
+    tango.Except.throw_exception(reason, desc, origin)
+
+
+def translate_errors(fn: F) -> F:
+    """Turn the service's refusals into DevFailed whose desc says what to do."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any) -> Any:
+        origin = f"ObservationExecutionTool.{fn.__name__}"
+        try:
+            return fn(self, *args)
+        except tango.DevFailed:
+            raise
+        except ui.RequestError as exc:
+            _throw("OET_InvalidRequest", str(exc), origin)
+        except UnknownProcedureError as exc:
+            _throw("OET_UnknownProcedure", str(exc), origin)
+        except ProcedureError as exc:
+            _throw("OET_Refused", str(exc), origin)
+        except Exception as exc:  # never let an exception escape as a crash
+            LOGGER.exception("%s failed", origin)
+            _throw("OET_InternalError", f"{type(exc).__name__}: {exc}", origin)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ObservationExecutionTool(SKADevice):
+    """Runs observing scripts, each in its own supervised process."""
+
+    ScriptRoots = device_property(
+        dtype=(str,),
+        default_value=[],
+        doc="Directories that file:// scripts must lie in once symlinks are resolved",
+    )
+    AbortScript = device_property(
+        dtype=str, default_value="", doc="URI of the abort script run by Stop with run_abort"
+    )
+    StopGracePeriod = device_property(
+        dtype=float, default_value=3.0, doc="Seconds between SIGTERM and SIGKILL on Stop"
+    )
+    HistoryLength = device_property(
+        dtype=int, default_value=100, doc="How many ended procedures are kept"
+    )
+    MaxRunning = device_property(
+        dtype=int, default_value=1, doc="How many procedures may be RUNNING at once"
+    )
+    SpareWorkers = device_property(
+        dtype=int, default_value=1, doc="Worker processes kept warm for fast prepares"
+    )
+    AllowedGitRepositories = device_property(
+        dtype=(str,),
+        default_value=[],
+        doc="Shell-style patterns a git script's repository URL must match",
+    )
+
+    # -- life ----------------------------------------------------------------------------------
+
+    def init_device(self) -> None:
+        super().init_device()
+        self.init_ska()
+        self._ses: ScriptExecutionService | None = None
+        self._summaries: dict[int, dict[str, Any]] = {}
+        self._summaries_json = "[]"
+        self._events: queue.SimpleQueue[ProcedureSummary | None] = queue.SimpleQueue()
+        for name in ("procedureSummaries", "State", "Status"):
+            self.set_change_event(name, True, False)
+        self.set_archive_event("procedureSummaries", True, False)
+        self.set_change_event("waitForQaReady", True, False)
+        try:
+            self._ses = self._make_service()
+        except (ValueError, ProcedureError) as exc:
+            self.set_state(DevState.FAULT)
+            self.set_status(f"Bad device configuration: {exc}")
+            self.set_health(HealthState.FAILED)
+            LOGGER.error("Bad device configuration: %s", exc)
+            return
+        self._pusher = threading.Thread(target=self._push_loop, name="oet-events", daemon=True)
+        self._pusher.start()
+        self._ses.add_listener(self._events.put)
+        self._update_state()
+
+    def _make_service(self) -> ScriptExecutionService:
+        abort = FileSystemScript(self.AbortScript) if self.AbortScript else None
+        return ScriptExecutionService(
+            abort_script=abort,
+            stop_grace=self.StopGracePeriod,
+            history_limit=self.HistoryLength,
+            max_running=self.MaxRunning,
+            script_roots=list(self.ScriptRoots),
+            spare_workers=self.SpareWorkers,
+        )
+
+    def delete_device(self) -> None:
+        ses, self._ses = self._ses, None
+        if ses is not None:
+            ses.shutdown()
+            self._events.put(None)
+            self._pusher.join(5)
+        super().delete_device()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _push_loop(self) -> None:
+        """Push one event per change, in order, from one omniORB-aware thread."""
+        with tango.EnsureOmniThread():
+            while True:
+                summary = self._events.get()
+                if summary is None:
+                    return
+                try:
+                    self._publish(summary)
+                except Exception:  # keep pushing whatever one push did
+                    LOGGER.exception("Pushing the change of procedure %s failed", summary.id)
+
+    def _publish(self, summary: ProcedureSummary) -> None:
+        self._summaries[summary.id] = ui.summary_to_dict(summary)
+        if summary.state.is_final and self._ses is not None:
+            held = {s.id for s in self._ses.summarise()}
+            for pid in [p for p in self._summaries if p not in held]:
+                del self._summaries[pid]
+        self._summaries_json = json.dumps(list(self._summaries.values()), default=repr)
+        self.push_change_event("procedureSummaries", self._summaries_json)
+        self.push_archive_event("procedureSummaries", self._summaries_json)
+        self._update_state()
+
+    def _update_state(self) -> None:
+        if self._ses is None:
+            return
+        if self._admin_mode not in ACCEPTING_MODES:
+            state, status = DevState.DISABLE, f"Disabled: adminMode is {self._admin_mode.name}"
+        else:
+            running = [
+                pid
+                for pid, s in self._summaries.items()
+                if s["state"] == ProcedureState.RUNNING.name
+            ]
+            if running:
+                state = DevState.RUNNING
+                status = f"Running procedure {', '.join(map(str, running))}"
+            else:
+                state, status = DevState.ON, "Ready: no procedure is running"
+        healthy = HealthState.OK if self._ses.healthy else HealthState.FAILED
+        self.set_health(healthy)
+        if state != self.get_state() or status != self.get_status():
+            self.set_state(state)
+            self.set_status(status)
+            self.push_change_event("State", state)
+            self.push_change_event("Status", status)
+
+    def admin_mode_changed(self, mode: AdminMode) -> None:
+        self._update_state()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _service(self, accepting: bool = False) -> ScriptExecutionService:
+        if self._ses is None:
+            _throw("OET_NotReady", self.get_status(), "ObservationExecutionTool")
+        if accepting and self._admin_mode not in ACCEPTING_MODES:
+            _throw(
+                "OET_Disabled",
+                f"The device is disabled (adminMode {self._admin_mode.name}); set adminMode "
+                "to ONLINE to prepare or start scripts",
+                "ObservationExecutionTool",
+            )
+        assert self._ses is not None
+        return self._ses
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"script": {"script_type": "filesystem", "script_uri": "file:///abs/x.py"}, '
+        '"script_args": {"init": {"args": [], "kwargs": {}}}}',
+        doc_out="ProcedureSummary JSON, state CREATING: loading goes on in the background",
+    )
+    @translate_errors
+    def Prepare(self, request: str) -> str:
+        ses = self._service(accepting=True)
+        return ui.to_json(ses.prepare(ui.parse_prepare(request)))
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"id": 1, "fn_name": "main", "run_args": {"args": [], "kwargs": {}}, '
+        '"force_start": false}',
+        doc_out="ProcedureSummary JSON",
+    )
+    @translate_errors
+    def Start(self, request: str) -> str:
+        ses = self._service(accepting=True)
+        return ui.to_json(ses.start(ui.parse_start(request)))
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"id": 1, "run_abort": false}',
+        doc_out="JSON list: the abort procedure's summary when one was started, else []",
+    )
+    @translate_errors
+    def Stop(self, request: str) -> str:
+        ses = self._service()
+        return ui.to_json(ses.stop(ui.parse_stop(request)))
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='JSON list of procedure IDs, e.g. [1, 2]; "" or [] for every procedure',
+        doc_out="JSON list of ProcedureSummary",
+    )
+    @translate_errors
+    def Summarise(self, request: str) -> str:
+        ses = self._service()
+        return ui.to_json(ses.summarise(ui.parse_ids(request)))
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    @attribute(
+        dtype=str,
+        doc="JSON list of every ProcedureSummary the device holds; an event on every change",
+    )
+    def procedureSummaries(self) -> str:
+        return self._summaries_json
+
+    @attribute(
+        dtype=bool,
+        access=AttrWriteType.READ_WRITE,
+        memorized=True,
+        hw_memorized=True,
+        doc="Operator override handed to scripts in their ScriptContext",
+    )
+    def waitForQaReady(self) -> bool:
+        return self._ses.wait_for_qa_ready if self._ses is not None else False
+
+    @waitForQaReady.write  # type: ignore[no-redef]
+    def waitForQaReady(self, value: bool) -> None:
+        ses = self._service()
+        if value:
+            ses.handle_wait_for_qa_ready_enable(msg_src="tango")
+        else:
+            ses.handle_wait_for_qa_ready_disable(msg_src="tango")
+        self.push_change_event("waitForQaReady", bool(value))

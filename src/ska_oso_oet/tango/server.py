@@ -1,0 +1,26 @@
+"""The ObservationExecutionTool device server executable."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tango.server import run
+
+from ska_oso_oet.tango.device import ObservationExecutionTool
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
+
+
+def main(args: list[str] | None = None, **kwargs: object) -> int:
+    """Run the server: ``ObservationExecutionTool <instance> [Tango options]``."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if args is None and len(sys.argv) > 0 and not sys.argv[0].endswith("ObservationExecutionTool"):
+        # started as `python -m ska_oso_oet.tango.server 1`: name the server as the executable
+        args = ["ObservationExecutionTool", *sys.argv[1:]]
+    run((ObservationExecutionTool,), args=args, **kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The ObservationExecutionTool device in a Tango test context (each test forked)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import tango
+from tango.test_context import DeviceTestContext
+
+from ska_oso_oet.tango.device import ObservationExecutionTool
+from ska_oso_oet.tango.ska import AdminMode, HealthState
+from tests.conftest import SCRIPTS
+
+pytestmark = [pytest.mark.forked, pytest.mark.tango]
+
+TIMEOUT = 20
+FINAL = {"COMPLETE", "STOPPED", "FAILED"}
+
+
+class SummaryEvents:
+    """Every procedureSummaries change event a client receives, parsed, in order."""
+
+    def __init__(self, proxy: tango.DeviceProxy) -> None:
+        self.events: list[list[dict[str, Any]]] = []
+        self.errors: list[Any] = []
+        self._cond = threading.Condition()
+        self._id = proxy.subscribe_event(
+            "procedureSummaries", tango.EventType.CHANGE_EVENT, self._callback
+        )
+
+    def _callback(self, event: Any) -> None:
+        with self._cond:
+            if event.err:
+                self.errors.append(event.errors)
+            else:
+                self.events.append(json.loads(event.attr_value.value))
+            self._cond.notify_all()
+
+    def states_seen(self, pid: int) -> list[str]:
+        """The state of ``pid`` in each event, consecutive repeats folded."""
+        seen: list[str] = []
+        with self._cond:
+            for event in self.events:
+                for s in event:
+                    if s["id"] == pid and (not seen or seen[-1] != s["state"]):
+                        seen.append(s["state"])
+        return seen
+
+    def wait_for(self, pid: int, states: set[str]) -> dict[str, Any]:
+        def latest() -> dict[str, Any] | None:
+            for event in reversed(self.events):
+                for s in event:
+                    if s["id"] == pid:
+                        return s if s["state"] in states else None
+            return None
+
+        with self._cond:
+            assert self._cond.wait_for(lambda: latest() is not None, TIMEOUT), (
+                f"procedure {pid} never reached {states}: {self.states_seen(pid)}"
+            )
+            found = latest()
+            assert found is not None
+            return found
+
+
+@pytest.fixture
+def device(tmp_path) -> Iterator[tango.DeviceProxy]:
+    (tmp_path / "abort.py").write_text(
+        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
+    )
+    properties = {
+        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
+        "AbortScript": f"file://{tmp_path}/abort.py",
+        "StopGracePeriod": 1.0,
+    }
+    with DeviceTestContext(
+        ObservationExecutionTool, device_name="oet/executor/1", properties=properties
+    ) as proxy:
+        yield proxy
+
+
+def prepare(device, name: str, **init_kwargs: Any) -> dict[str, Any]:
+    request = {
+        "script": {"script_type": "filesystem", "script_uri": f"file://{SCRIPTS / name}"},
+        "script_args": {"init": {"args": [], "kwargs": init_kwargs}},
+    }
+    return json.loads(device.Prepare(json.dumps(request)))
+
+
+def start(device, pid: int, fn: str = "main", **kwargs: Any) -> dict[str, Any]:
+    request = {"id": pid, "fn_name": fn, "run_args": {"args": [], "kwargs": kwargs}}
+    return json.loads(device.Start(json.dumps(request)))
+
+
+def test_a_whole_lifecycle_is_seen_by_every_subscriber_in_order(device):
+    subscribers = [SummaryEvents(device), SummaryEvents(device)]
+    created = prepare(device, "with_init.py", subarray_id=1)
+    assert created["state"] == "CREATING"
+    assert created["script"] == {
+        "script_type": "filesystem",
+        "script_uri": f"file://{SCRIPTS / 'with_init.py'}",
+    }
+    pid = created["id"]
+    subscribers[0].wait_for(pid, {"READY"})
+    start(device, pid, "main", x=1)
+    final = subscribers[0].wait_for(pid, FINAL)
+    subscribers[1].wait_for(pid, FINAL)
+    expected = [
+        "CREATING", "IDLE", "LOADING", "IDLE", "INITIALISING", "READY",
+        "RUNNING", "READY", "COMPLETE",
+    ]  # fmt: skip
+    assert [s for s, _ in final["history"]["process_states"]] == expected
+    assert final["script_args"] == {
+        "init": {"args": [], "kwargs": {"subarray_id": 1}},
+        "main": {"args": [], "kwargs": {"x": 1}},
+    }
+    for sub in subscribers:
+        assert sub.errors == []
+        # every state change came as its own event: none skipped, none out of order
+        assert sub.states_seen(pid) == ["CREATING", "IDLE", "LOADING", "IDLE",
+                                        "INITIALISING", "READY", "RUNNING", "READY",
+                                        "COMPLETE"]  # fmt: skip
+    assert json.loads(device.procedureSummaries)[0]["state"] == "COMPLETE"
+    assert json.loads(device.Summarise(json.dumps([pid])))[0]["id"] == pid
+    assert json.loads(device.Summarise("")) == json.loads(device.Summarise("[]"))
+
+
+def test_device_state_is_running_while_a_script_runs(device):
+    states: list[tango.DevState] = []
+    cond = threading.Condition()
+
+    def on_state(event: Any) -> None:
+        if not event.err:
+            with cond:
+                states.append(event.attr_value.value)
+                cond.notify_all()
+
+    device.subscribe_event("State", tango.EventType.CHANGE_EVENT, on_state)
+    events = SummaryEvents(device)
+    pid = prepare(device, "sleeper.py")["id"]
+    events.wait_for(pid, {"READY"})
+    start(device, pid)
+    with cond:
+        assert cond.wait_for(lambda: tango.DevState.RUNNING in states, TIMEOUT)
+    assert device.state() == tango.DevState.RUNNING
+    assert json.loads(device.Stop(json.dumps({"id": pid, "run_abort": False}))) == []
+    assert events.wait_for(pid, FINAL)["state"] == "STOPPED"
+    with cond:
+        assert cond.wait_for(lambda: states[-1] == tango.DevState.ON, TIMEOUT)
+    assert states[0] == tango.DevState.ON
+
+
+def test_stop_with_abort_returns_the_abort_procedure(device):
+    events = SummaryEvents(device)
+    pid = prepare(device, "sleeper.py", subarray_id=3)["id"]
+    events.wait_for(pid, {"READY"})
+    start(device, pid)
+    events.wait_for(pid, {"RUNNING"})
+    (abort,) = json.loads(device.Stop(json.dumps({"id": pid, "run_abort": True})))
+    assert abort["script_args"]["init"]["kwargs"] == {"subarray_id": 3}
+    assert events.wait_for(pid, FINAL)["state"] == "STOPPED"
+    assert events.wait_for(abort["id"], FINAL)["state"] == "COMPLETE"
+
+
+@pytest.mark.parametrize(
+    "command, request_text, reason, words",
+    [
+        ("Prepare", "not json", "OET_InvalidRequest", "not valid JSON"),
+        ("Prepare", "{}", "OET_InvalidRequest", "script is required"),
+        (
+            "Prepare",
+            '{"script": {"script_type": "filesystem", "script_uri": "/x.py"}}',
+            "OET_InvalidRequest",
+            "must start with 'file://'",
+        ),
+        (
+            "Prepare",
+            '{"script": {"script_type": "filesystem", "script_uri": "file:///etc/passwd"}}',
+            "OET_Refused",
+            "outside the allowed script directories",
+        ),
+        (
+            "Prepare",
+            '{"script": {"script_type": "ftp", "script_uri": "file:///x.py"}}',
+            "OET_InvalidRequest",
+            "script",
+        ),
+        ("Start", '{"id": 99}', "OET_UnknownProcedure", "No procedure with ID 99"),
+        ("Start", '{"id": "one"}', "OET_InvalidRequest", "id"),
+        ("Start", '{"id": 1, "fn": "main"}', "OET_InvalidRequest", "fn is not a known field"),
+        ("Stop", '{"id": 5}', "OET_UnknownProcedure", "No procedure with ID 5"),
+        ("Summarise", '{"id": 1}', "OET_InvalidRequest", "list of procedure IDs"),
+        ("Summarise", "[7]", "OET_UnknownProcedure", "No procedure with ID 7"),
+    ],
+)
+def test_bad_requests_raise_devfailed_a_person_can_act_on(
+    device, command, request_text, reason, words
+):
+    with pytest.raises(tango.DevFailed) as caught:
+        device.command_inout(command, request_text)
+    error = caught.value.args[0]
+    assert error.reason == reason
+    assert words in error.desc
+    assert device.state() == tango.DevState.ON
+
+
+def test_a_failing_script_leaves_the_device_on_with_the_stacktrace(device):
+    events = SummaryEvents(device)
+    pid = prepare(device, "failing.py")["id"]
+    events.wait_for(pid, {"READY"})
+    start(device, pid)
+    failed = events.wait_for(pid, FINAL)
+    assert failed["state"] == "FAILED"
+    assert "the telescope is on fire" in failed["history"]["stacktrace"]
+    assert device.state() == tango.DevState.ON
+    assert device.healthState == HealthState.OK
+
+
+def test_admin_mode_offline_disables_prepare_and_start(device):
+    events = SummaryEvents(device)
+    pid = prepare(device, "hello.py")["id"]
+    events.wait_for(pid, {"READY"})
+    device.adminMode = AdminMode.OFFLINE
+    assert device.state() == tango.DevState.DISABLE
+    for call in (lambda: prepare(device, "hello.py"), lambda: start(device, pid)):
+        with pytest.raises(tango.DevFailed) as caught:
+            call()
+        assert caught.value.args[0].reason == "OET_Disabled"
+        assert "adminMode" in caught.value.args[0].desc
+    device.Stop(json.dumps({"id": pid}))  # stopping stays possible
+    assert events.wait_for(pid, FINAL)["state"] == "STOPPED"
+    device.adminMode = AdminMode.ENGINEERING
+    assert device.state() == tango.DevState.ON
+    assert prepare(device, "hello.py")["state"] == "CREATING"
+
+
+def test_wait_for_qa_ready_reaches_scripts_in_their_context(device, tmp_path):
+    out = tmp_path / "qa.txt"
+    (tmp_path / "qa.py").write_text(
+        "def main(context=None):\n"
+        f"    open({str(out)!r}, 'w').write(str(context.wait_for_qa_ready))\n"
+    )
+    device.waitForQaReady = True
+    assert device.waitForQaReady is True
+    events = SummaryEvents(device)
+    request = {"script": {"script_type": "filesystem", "script_uri": f"file://{tmp_path}/qa.py"}}
+    pid = json.loads(device.Prepare(json.dumps(request)))["id"]
+    events.wait_for(pid, {"READY"})
+    start(device, pid)
+    assert events.wait_for(pid, FINAL)["state"] == "COMPLETE"
+    assert out.read_text() == "True"
+
+
+def test_ska_attributes(device):
+    assert device.versionId
+    assert "pytango" in device.buildState
+    assert device.healthState == HealthState.OK
+    assert device.adminMode == AdminMode.ONLINE
+    device.loggingLevel = 5
+    assert device.loggingLevel == 5
+    labels = device.get_attribute_config("adminMode").enum_labels
+    assert list(labels) == ["ONLINE", "OFFLINE", "ENGINEERING", "NOT_FITTED", "RESERVED"]
+
+
+def test_prepare_returns_at_once_while_init_runs(device):
+    events = SummaryEvents(device)
+    created = prepare(device, "slow_init.py", seconds=60)
+    assert created["state"] == "CREATING"
+    events.wait_for(created["id"], {"INITIALISING"})
+    device.Stop(json.dumps({"id": created["id"]}))
+    assert events.wait_for(created["id"], FINAL)["state"] == "STOPPED"
+
+
+def test_a_bad_configuration_puts_the_device_in_fault():
+    with DeviceTestContext(
+        ObservationExecutionTool,
+        device_name="oet/executor/1",
+        properties={"AbortScript": "not-a-uri", "ScriptRoots": [str(SCRIPTS)]},
+    ) as proxy:
+        assert proxy.state() == tango.DevState.FAULT
+        assert "AbortScript" in proxy.status() or "file://" in proxy.status()
+        with pytest.raises(tango.DevFailed):
+            proxy.Summarise("")
