@@ -285,3 +285,28 @@ def test_a_bad_configuration_puts_the_device_in_fault():
         assert "AbortScript" in proxy.status() or "file://" in proxy.status()
         with pytest.raises(tango.DevFailed):
             proxy.Summarise("")
+
+
+def test_init_ends_every_worker_and_starts_afresh(device, tmp_path):
+    import psutil
+
+    pid_file = tmp_path / "pid"
+    (tmp_path / "pid_sleeper.py").write_text(
+        "import os, time\n\n\ndef init():\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n\n\n"
+        "def main():\n    time.sleep(600)\n"
+    )
+    events = SummaryEvents(device)
+    request = {
+        "script": {"script_type": "filesystem", "script_uri": f"file://{tmp_path}/pid_sleeper.py"}
+    }
+    pid = json.loads(device.Prepare(json.dumps(request)))["id"]
+    events.wait_for(pid, {"READY"})
+    start(device, pid)
+    events.wait_for(pid, {"RUNNING"})
+    worker = int(pid_file.read_text())
+    assert psutil.pid_exists(worker)
+    device.Init()
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+    assert json.loads(device.Summarise("")) == []
+    assert device.state() == tango.DevState.ON
