@@ -183,3 +183,19 @@ def test_shutdown_ends_every_worker_and_reports_them_stopped(no_leftover_process
     assert all(gone(w) for w in workers)
     with pytest.raises(ProcedureError, match="shut down"):
         ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_double_forked_daemon_does_not_outlive_its_procedure(ses, recorder, stop):
+    daemon = recorder("test.daemon")
+    summary = ses.prepare(PrepareProcessCommand(script("daemonizer.py"), ProcedureInput()))
+    ses.wait_for_state(summary.id, S.READY, TIMEOUT)
+    daemon_pid = daemon.wait(1)[0]["pid"]
+    assert not gone(daemon_pid)
+    ses.start(StartProcessCommand(summary.id, "main", ProcedureInput(600 if stop else 0)))
+    if stop:
+        ses.wait_for_state(summary.id, S.RUNNING, TIMEOUT)
+        ses.stop(StopProcessCommand(summary.id, run_abort=False))
+    final = ses.wait_for_state(summary.id, FINAL, TIMEOUT)
+    assert final.state is (S.STOPPED if stop else S.COMPLETE)
+    assert gone(daemon_pid)

@@ -365,7 +365,58 @@ def _format_exit(exc: SystemExit) -> str:
     return f"The script called sys.exit({exc.code!r})\n" + "".join(traceback.format_exception(exc))
 
 
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(k) for k in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+def kill_descendants() -> None:
+    """SIGKILL every process this worker started, however deep and whatever its group.
+
+    The worker is a child subreaper, so an orphaned grandchild is re-parented to it and is
+    still found here.
+    """
+    pending = _children(os.getpid())
+    seen: set[int] = set()
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            os.kill(pid, signal.SIGSTOP)  # freeze it so that it cannot start more meanwhile
+        except OSError:
+            continue
+        pending.extend(_children(pid))
+    for pid in seen:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _become_subreaper() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init; the process group kill still reaches most
+
+
 def _flush_and_exit(code: int) -> None:
+    kill_descendants()
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -380,6 +431,7 @@ def worker_process_main(conn: Connection, name: str) -> None:
     # Lead a new process group, so that a stop can kill everything the script started and
     # a Ctrl-C meant for the server's terminal does not reach the script.
     os.setpgid(0, 0)
+    _become_subreaper()
     try:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):
