@@ -1,6 +1,5 @@
 """Starts a classic double-forked daemon in a session of its own, then returns or sleeps."""
 
-import os
 import subprocess
 import sys
 import time
