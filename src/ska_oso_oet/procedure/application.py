@@ -251,13 +251,13 @@ class ScriptExecutionService:
     def _prepare(self, cmd: PrepareProcessCommand, local_path: str | None) -> ProcedureSummary:
         with self._lock:
             self._check_open()
+            now = time.time()  # before the worker can report IDLE
             pid = self._manager.create(
                 cmd.script,
                 init_args=cmd.init_args,
                 context=self._context(),
                 local_path=local_path,
             )
-            now = time.time()
             self._records[pid] = _Record(
                 script=cmd.script,
                 history=ProcedureHistory([(ProcedureState.CREATING, now)]),

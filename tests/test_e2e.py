@@ -1,0 +1,471 @@
+"""End to end: a real Tango database, the device server as users start it, the ``oet`` CLI.
+
+The database (PyDatabaseds, sqlite in tmp_path) listens on a free 127.0.0.1 port; the devices
+are registered from ``tango-db/oet.json`` with the functions ``make run`` uses; the server is
+the ``ObservationExecutionTool`` console script. Every process is stopped by PID in a finally
+block. Tests wait on change events or on output lines, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import pytest
+import tango
+
+from ska_oso_oet import run
+
+pytestmark = pytest.mark.tango
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+BIN = pathlib.Path(sys.executable).parent
+DEVICE = "oet/executor/1"
+TIMEOUT = 60.0
+
+WITH_INIT = [
+    "CREATING",
+    "IDLE",
+    "LOADING",
+    "IDLE",
+    "INITIALISING",
+    "READY",
+    "RUNNING",
+    "READY",
+    "COMPLETE",
+]
+STOPPED_NO_INIT = ["CREATING", "IDLE", "LOADING", "IDLE", "READY", "RUNNING", "STOPPED"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def uri(name: str) -> str:
+    return f"file://{SCRIPTS / name}"
+
+
+@dataclass
+class Oet:
+    tango_host: str
+    env: dict[str, str]
+    server_log: pathlib.Path
+
+    @property
+    def trl(self) -> str:
+        return f"tango://{self.tango_host}/{DEVICE}"
+
+    def proxy(self) -> tango.DeviceProxy:
+        return tango.DeviceProxy(self.trl)
+
+    def log_tail(self) -> str:
+        text = self.server_log.read_text(errors="replace") if self.server_log.exists() else ""
+        return "\n--- server log (tail) ---\n" + text[-4000:]
+
+    def cli(self, *args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "oet"), *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+
+def client_env(tango_host: str) -> dict[str, str]:
+    env = run.child_env(tango_host)  # TANGO_HOST, and ORBendPoint on loopback
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["OET_DEVICE"] = DEVICE
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def oet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oet]:
+    tmp = tmp_path_factory.mktemp("oet-e2e")
+    port = free_port()
+    tango_host = f"127.0.0.1:{port}"
+    env = client_env(tango_host)
+    started: list[subprocess.Popen[bytes]] = []
+    with open(tmp / "db.log", "wb") as db_log, open(tmp / "server.log", "wb") as server_log:
+        try:
+            started.append(run.start_database("127.0.0.1", port, tmp / "tango.sqlite", log=db_log))
+            calls = run.register(run.load_config(repo=REPO), tango_host)
+            assert calls, "registering into a fresh database should write something"
+            db = tango.Database("127.0.0.1", port)
+            props = db.get_device_property(DEVICE, ["ScriptRoots", "AbortScript", "MaxRunning"])
+            assert list(props["ScriptRoots"]) == [str(SCRIPTS)]
+            assert list(props["AbortScript"]) == [uri("abort.py")]
+            assert list(props["MaxRunning"]) == ["1"]
+            assert run.register(run.load_config(repo=REPO), tango_host) == []  # idempotent
+
+            server = run.start_server(1, env, log=server_log)
+            started.append(server)
+            run.wait_for_device(DEVICE, TIMEOUT, tango_host=tango_host, proc=server)
+            yield Oet(tango_host, env, tmp / "server.log")
+        finally:
+            for proc in reversed(started):  # the server, then the database
+                run.stop_process(proc)
+
+
+class Subscriber:
+    """A DeviceProxy subscribed to procedureSummaries CHANGE events; records every value."""
+
+    def __init__(self, trl: str) -> None:
+        self.values: list[list[dict[str, Any]]] = []
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self.proxy = tango.DeviceProxy(trl)
+        self._id = self.proxy.subscribe_event(
+            "procedureSummaries", tango.EventType.CHANGE_EVENT, self._callback
+        )
+
+    def _callback(self, event: Any) -> None:
+        with self._cond:
+            if event.err:
+                self.errors.append(f"{event.errors[0].reason}: {event.errors[0].desc}")
+            else:
+                self.values.append(json.loads(event.attr_value.value or "[]"))
+            self._cond.notify_all()
+
+    def states(self, pid: int) -> list[str]:
+        """The states procedure ``pid`` had in successive events (repeats collapsed)."""
+        seen: list[str] = []
+        with self._cond:
+            for value in self.values:
+                for summary in value:
+                    if summary["id"] == pid and (not seen or seen[-1] != summary["state"]):
+                        seen.append(summary["state"])
+        return seen
+
+    def latest(self, pid: int) -> dict[str, Any]:
+        with self._cond:
+            for value in reversed(self.values):
+                for summary in value:
+                    if summary["id"] == pid:
+                        return summary
+        raise KeyError(pid)
+
+    def wait_for(self, pid: int, state: str, timeout: float = TIMEOUT) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: state in self.states_unlocked(pid), timeout)
+        assert ok, f"procedure {pid} never reached {state}: saw {self.states(pid)} {self.errors}"
+
+    def states_unlocked(self, pid: int) -> list[str]:
+        return [s["state"] for value in self.values for s in value if s["id"] == pid]
+
+    def close(self) -> None:
+        try:
+            self.proxy.unsubscribe_event(self._id)
+        except tango.DevFailed:
+            pass
+
+
+@pytest.fixture
+def subscribe(oet: Oet) -> Iterator[Callable[[], Subscriber]]:
+    made: list[Subscriber] = []
+
+    def make() -> Subscriber:
+        made.append(Subscriber(oet.trl))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+class OutputReader:
+    """Collects a child's text output lines in a thread; waits for a line on a condition."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = TIMEOUT) -> str:
+        def found() -> str | None:
+            return next((line for line in self.lines if predicate(line)), None)
+
+        with self._cond:
+            self._cond.wait_for(lambda: found() is not None, timeout)
+            line = found()
+        assert line is not None, f"no matching line in {self.lines}"
+        return line
+
+    def join(self, timeout: float = TIMEOUT) -> list[str]:
+        self._thread.join(timeout)
+        return list(self.lines)
+
+
+def stop_child(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    """Stop a child of this test by PID (no-op if it has already exited)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- (a) two subscribers see every state of a lifecycle driven through DeviceProxy ----------
+
+
+def test_every_subscriber_sees_every_state_in_order(
+    oet: Oet, subscribe: Callable[[], Subscriber]
+) -> None:
+    first, second = subscribe(), subscribe()
+    device = oet.proxy()
+    request = {
+        "script": {"script_type": "filesystem", "script_uri": uri("hello.py")},
+        "script_args": {"init": {"args": [], "kwargs": {"subarray_id": 3}}},
+    }
+    created = json.loads(device.Prepare(json.dumps(request)))
+    pid = created["id"]
+    assert created["state"] == "CREATING", oet.log_tail()
+    first.wait_for(pid, "READY")
+
+    started = json.loads(device.Start(json.dumps({"id": pid, "run_args": {"kwargs": {}}})))
+    assert started["id"] == pid
+    first.wait_for(pid, "COMPLETE")
+    second.wait_for(pid, "COMPLETE")
+
+    for subscriber in (first, second):
+        assert subscriber.states(pid) == WITH_INIT, oet.log_tail()
+        final = subscriber.latest(pid)
+        assert [s for s, _ in final["history"]["process_states"]] == WITH_INIT
+        times = [t for _, t in final["history"]["process_states"]]
+        assert times == sorted(times)
+        assert final["script_args"]["init"] == {"args": [], "kwargs": {"subarray_id": 3}}
+        assert final["history"]["stacktrace"] is None
+        assert subscriber.errors == []
+
+    summary = json.loads(device.Summarise(json.dumps([pid])))
+    assert [s["state"] for s in summary] == ["COMPLETE"]
+    assert device.state() == tango.DevState.ON
+
+
+# -- (b) the same through the oet command line, with `oet listen` watching --------------------
+
+
+def test_cli_lifecycle_with_listen(oet: Oet) -> None:
+    listen = subprocess.Popen(
+        [
+            str(
+                BIN / "oet",
+            ),
+            "listen",
+        ],
+        env=oet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out = OutputReader(listen.stdout)
+        err = OutputReader(listen.stderr)
+        out.wait_for(lambda line: line.startswith(f"Listening to {DEVICE}"))
+
+        # a bare relative path is turned into a file:// URI
+        prepared = oet.cli("--json", "prepare", "scripts/long_running.py", cwd=REPO)
+        assert prepared.returncode == 0, prepared.stderr + oet.log_tail()
+        summary = json.loads(prepared.stdout)
+        pid = summary["id"]
+        assert summary["state"] == "CREATING"
+        assert summary["script"]["script_uri"] == uri("long_running.py")
+
+        def listened(state: str) -> Callable[[str], bool]:
+            return lambda line: line.split()[2:4] == [str(pid), state]
+
+        out.wait_for(listened("READY"))
+        started = oet.cli("start", str(pid), "--kwarg", "duration=120", "--kwarg", "interval=0.2")
+        assert started.returncode == 0, started.stderr
+        header, row = started.stdout.splitlines()
+        assert header.split() == ["ID", "STATE", "SCRIPT", "LAST", "CHANGE"]
+        assert row.split()[0] == str(pid)
+        out.wait_for(listened("RUNNING"))
+
+        stopped = oet.cli("stop", str(pid))
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip() == f"Stop requested for procedure {pid}."
+        out.wait_for(listened("STOPPED"))
+
+        listed = oet.cli("list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        mine = [s for s in json.loads(listed.stdout) if s["id"] == pid]
+        assert [s["state"] for s in mine] == ["STOPPED"]
+        assert [s for s, _ in mine[0]["history"]["process_states"]] == STOPPED_NO_INIT
+        assert mine[0]["script_args"]["main"] == {
+            "args": [],
+            "kwargs": {"duration": 120, "interval": 0.2},
+        }
+
+        table = oet.cli("list")
+        assert table.returncode == 0
+        rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
+        assert rows[str(pid)][1:3] == ["STOPPED", uri("long_running.py")]
+
+        described = oet.cli("describe", str(pid))
+        assert described.returncode == 0, described.stderr
+        lines = described.stdout.splitlines()
+        assert lines[0] == f"Procedure {pid}: STOPPED"
+        assert "  main:        main(duration=120, interval=0.2)" in lines
+        history = [line.split()[-1] for line in lines[lines.index("") + 2 :] if line]
+        assert history[: len(STOPPED_NO_INIT)] == STOPPED_NO_INIT
+
+        listen.send_signal(signal.SIGINT)
+        assert listen.wait(TIMEOUT) == 0
+        lines = out.join()
+        assert err.join() == []
+        mine_lines = [line.split() for line in lines[1:] if line.split()[2] == str(pid)]
+        assert [fields[3] for fields in mine_lines] == STOPPED_NO_INIT
+        assert all(fields[4] == uri("long_running.py") for fields in mine_lines)
+    finally:
+        stop_child(listen)
+
+
+def test_cli_stop_with_abort_runs_the_abort_script(
+    oet: Oet, subscribe: Callable[[], Subscriber]
+) -> None:
+    events = subscribe()
+    prepared = oet.cli("--json", "prepare", uri("long_running.py"))
+    assert prepared.returncode == 0, prepared.stderr
+    pid = json.loads(prepared.stdout)["id"]
+    events.wait_for(pid, "READY")
+    assert oet.cli("start", str(pid)).returncode == 0
+    events.wait_for(pid, "RUNNING")
+
+    stopped = oet.cli("--json", "stop", str(pid), "--abort")
+    assert stopped.returncode == 0, stopped.stderr
+    (abort,) = json.loads(stopped.stdout)
+    assert abort["script"]["script_uri"] == uri("abort.py")
+    events.wait_for(abort["id"], "COMPLETE")
+    assert events.latest(pid)["state"] == "STOPPED"
+    assert "abort: aborting" in oet.server_log.read_text(errors="replace")
+
+
+# -- (c) bad requests: one line on stderr, non-zero exit, the device carries on ----------------
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "words"),
+    [
+        (["start", "99999"], 1, "99999"),
+        (["describe", "99999"], 1, "99999"),
+        (["prepare", "file:///etc/passwd"], 1, "/etc/passwd"),
+        (["prepare", "ftp://somewhere/x.py"], 2, "ftp"),
+        (["stop"], 2, "id"),
+        (["--device", "oet/nosuch/9", "list"], 1, "oet/nosuch/9"),
+    ],
+)
+def test_cli_errors_are_one_line(oet: Oet, args: list[str], status: int, words: str) -> None:
+    before = json.loads(oet.proxy().Summarise(""))
+    result = oet.cli(*args)
+    assert result.returncode == status, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("oet: error: ")
+    assert words in result.stderr
+    assert oet.proxy().state() in (tango.DevState.ON, tango.DevState.RUNNING)
+    after = json.loads(oet.proxy().Summarise(""))
+    assert {s["id"] for s in before} <= {s["id"] for s in after}
+
+
+# -- the launcher itself (`make run`) ----------------------------------------------------------
+
+
+@dataclass
+class Launcher:
+    proc: subprocess.Popen[str]
+    out: OutputReader
+    err: OutputReader
+    children: list[psutil.Process] = field(default_factory=list)
+
+
+@pytest.fixture
+def launcher(tmp_path: pathlib.Path) -> Iterator[Callable[..., Launcher]]:
+    made: list[Launcher] = []
+
+    def start(*args: str) -> Launcher:
+        env = client_env(f"127.0.0.1:{free_port()}")
+        env["OET_DATA_DIR"] = str(tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ska_oso_oet.run", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        made.append(Launcher(proc, OutputReader(proc.stdout), OutputReader(proc.stderr)))
+        return made[-1]
+
+    yield start
+    for item in made:
+        stop_child(item.proc)
+        for child in item.children:  # only if the launcher failed to stop them itself
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                child.kill()
+
+
+def test_launcher_serves_devices_and_stops_everything(
+    launcher: Callable[..., Launcher],
+) -> None:
+    item = launcher("--devices", "2")
+    item.out.wait_for(lambda line: line.startswith("Ctrl-C stops"))
+    host = item.out.wait_for(lambda line: "TANGO_HOST=" in line).split("TANGO_HOST=")[1]
+    assert item.out.wait_for(lambda line: "device(s):" in line).split(": ")[1] == (
+        "oet/executor/1, oet/executor/2"
+    )
+    direct = psutil.Process(item.proc.pid).children()
+    assert sorted(" ".join(c.cmdline()[1:]).split("/")[-1] for c in direct) == [
+        "ObservationExecutionTool 1",
+        "ObservationExecutionTool 2",
+        "PyDatabaseds --host 127.0.0.1 --port " + host.split(":")[1] + " 2",
+    ]
+    # with their script workers: all of them must be gone once the launcher has stopped
+    item.children = psutil.Process(item.proc.pid).children(recursive=True)
+    for n in (1, 2):
+        tango.DeviceProxy(f"tango://{host}/oet/executor/{n}").ping()
+    props = tango.Database(*host.split(":")).get_device_property("oet/executor/2", "ScriptRoots")
+    assert list(props["ScriptRoots"]) == [str(SCRIPTS)]
+
+    item.proc.send_signal(signal.SIGTERM)
+    assert item.proc.wait(TIMEOUT) == 0, item.err.join()
+    _, alive = psutil.wait_procs(item.children, timeout=TIMEOUT)
+    assert alive == []
+    assert item.out.join()[-1].startswith("Stopped the Tango database")
+
+
+def test_launcher_exits_non_zero_when_a_child_dies(launcher: Callable[..., Launcher]) -> None:
+    item = launcher()
+    item.out.wait_for(lambda line: line.startswith("Ctrl-C stops"))
+    item.children = psutil.Process(item.proc.pid).children(recursive=True)
+    (server,) = [c for c in item.children if "ObservationExecutionTool" in " ".join(c.cmdline())]
+    server.kill()  # a grandchild this test started, by PID
+    assert item.proc.wait(TIMEOUT) == 1
+    errors = item.err.join()
+    assert any("exited unexpectedly" in line for line in errors), errors
+    _, alive = psutil.wait_procs(item.children, timeout=TIMEOUT)
+    assert alive == []
