@@ -20,6 +20,9 @@ SCRIPTS = pathlib.Path(__file__).parent / "scripts"
 # Tango servers started by the tests listen on loopback only (omniORB reads its options from
 # the environment; a server forked from this process would otherwise listen on every address).
 os.environ.setdefault("ORBendPoint", "giop:tcp:127.0.0.1:")
+# Package installs in tests use local wheels only: never reach for an index.
+os.environ.setdefault("UV_OFFLINE", "1")
+os.environ.setdefault("PIP_NO_INDEX", "1")
 
 
 def _patch_pytest_forked() -> None:

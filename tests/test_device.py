@@ -310,3 +310,37 @@ def test_init_ends_every_worker_and_starts_afresh(device, tmp_path):
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
     assert json.loads(device.Summarise("")) == []
     assert device.state() == tango.DevState.ON
+
+
+def test_git_scripts_through_the_device(tmp_path):
+    from tests.test_git import Repo, make_wheel
+
+    repo = Repo(tmp_path, f"localdep @ {make_wheel(tmp_path).as_uri()}")
+    properties = {
+        "ScriptRoots": [str(SCRIPTS)],
+        "AllowedGitRepositories": [f"file://{tmp_path}/*"],
+        "GitCacheDirectory": str(tmp_path / "cache"),
+    }
+    with DeviceTestContext(
+        ObservationExecutionTool, device_name="oet/executor/1", properties=properties
+    ) as device:
+        events = SummaryEvents(device)
+        request = {
+            "script": {
+                "script_type": "git",
+                "script_uri": "git://scripts/uses_dep.py",
+                "git_args": {"git_repo": repo.url, "git_branch": "main", "git_commit": None},
+                "create_env": True,
+            }
+        }
+        created = json.loads(device.Prepare(json.dumps(request)))
+        assert created["script"]["git_args"]["git_branch"] == "main"
+        events.wait_for(created["id"], {"READY"})
+        start(device, created["id"])
+        final = events.wait_for(created["id"], FINAL)
+        assert final["state"] == "COMPLETE", final["history"]["stacktrace"]
+        assert "PREP_ENV" in [s for s, _ in final["history"]["process_states"]]
+        request["script"]["git_args"]["git_repo"] = "https://example.invalid/x.git"
+        with pytest.raises(tango.DevFailed) as caught:
+            device.Prepare(json.dumps(request))
+        assert "not an allowed script source" in caught.value.args[0].desc

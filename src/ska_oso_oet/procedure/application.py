@@ -28,6 +28,7 @@ from ska_oso_oet.procedure.errors import (
     ScriptRejectedError,
     UnknownProcedureError,
 )
+from ska_oso_oet.procedure.gitmanager import GitSettings, check_git_args
 from ska_oso_oet.procedure.manager import STATECHANGE_TOPIC, ProcessManager
 from ska_oso_oet.procedure.scripts import (
     ExecutableScript,
@@ -157,6 +158,12 @@ class ScriptExecutionService:
         max_running: int = 1,
         script_roots: Iterable[str] | None = None,
         spare_workers: int = 1,
+        allowed_git_repos: Iterable[str] = (),
+        git_cache_dir: str | None = None,
+        git_timeout: float = 60.0,
+        install_timeout: float = 600.0,
+        installer: str = "auto",
+        max_environments: int = 10,
     ) -> None:
         """Create a new ScriptExecutionService.
 
@@ -170,7 +177,19 @@ class ScriptExecutionService:
             are resolved; None allows any file
         :param spare_workers: worker processes kept started and idle, so that a prepare does
             not wait for a process to start
+        :param allowed_git_repos: shell-style patterns that a git script's repository URL
+            must match (none: git scripts are refused)
+        :param git_cache_dir: where clones and environments are kept (default
+            ``$OET_CACHE_DIR`` or ``~/.cache/ska-oso-oet``)
+        :param git_timeout: seconds a git command may take (an unreachable repository fails
+            within about this time)
+        :param install_timeout: seconds an environment's installation may take
+        :param installer: "uv", "pip" or "auto" (uv when it is installed)
+        :param max_environments: environments kept on disk; the least recently used beyond
+            this are deleted when not in use
         """
+        if installer not in ("auto", "uv", "pip"):
+            raise ValueError("installer must be 'auto', 'uv' or 'pip'")
         if stop_grace < 0 or history_limit < 0 or max_running < 1 or spare_workers < 0:
             raise ValueError(
                 "stop_grace and history_limit must be >= 0, max_running >= 1, spare_workers >= 0"
@@ -180,6 +199,18 @@ class ScriptExecutionService:
         self.max_running = max_running
         self.script_roots = (
             None if script_roots is None else [os.path.realpath(r) for r in script_roots]
+        )
+        self.allowed_git_repos = list(allowed_git_repos)
+        self.git_settings = GitSettings(
+            cache_dir=os.path.abspath(
+                os.path.expanduser(
+                    git_cache_dir or os.environ.get("OET_CACHE_DIR") or "~/.cache/ska-oso-oet"
+                )
+            ),
+            git_timeout=git_timeout,
+            install_timeout=install_timeout,
+            installer=installer,
+            max_environments=max_environments,
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -257,6 +288,7 @@ class ScriptExecutionService:
                 init_args=cmd.init_args,
                 context=self._context(),
                 local_path=local_path,
+                git_settings=self.git_settings if isinstance(cmd.script, GitScript) else None,
             )
             self._records[pid] = _Record(
                 script=cmd.script,
@@ -549,9 +581,11 @@ class ScriptExecutionService:
     def _check_script(self, script: ExecutableScript) -> str | None:
         """Refuse scripts that may not or cannot be loaded; return the file to load."""
         if isinstance(script, GitScript):
-            raise ScriptRejectedError(
-                "git scripts are not available in this version of the service"
-            )
+            try:
+                check_git_args(script.git_args, self.allowed_git_repos)
+            except (ValueError, PermissionError) as exc:
+                raise ScriptRejectedError(str(exc)) from None
+            return None
         if not isinstance(script, FileSystemScript):
             raise ScriptRejectedError(f"Unsupported script type: {type(script).__name__}")
         real = os.path.realpath(script.path)

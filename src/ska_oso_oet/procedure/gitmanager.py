@@ -1,8 +1,29 @@
-"""Static helper functions for cloning and working with a Git repository."""
+"""Static helper functions for cloning and working with a Git repository.
+
+Clones are cached under ``<cache_dir>/clones/<repository key>/<commit>``: one checkout per
+repository and commit, made once however many procedures ask for it at the same time (a file
+lock serialises them, across processes) and reused afterwards.
+
+Security: a repository URL must match one of the operator's allowed patterns, and branch,
+commit and URL values are checked before any git command runs. Git runs without a shell,
+with arguments after ``--``, with only the usual transports allowed and never prompting.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import fnmatch
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 DEFAULT_GIT_REPOSITORY = "https://gitlab.com/ska-telescope/oso/ska-oso-scripting.git"
 
@@ -15,3 +36,237 @@ class GitArgs:
     git_repo: str = DEFAULT_GIT_REPOSITORY
     git_branch: str | None = None
     git_commit: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GitSettings:
+    """Where clones and environments live, and how long git and installers may take."""
+
+    cache_dir: str
+    git_timeout: float = 60.0
+    install_timeout: float = 600.0
+    installer: str = "auto"  # "uv", "pip" or "auto" (uv when present)
+    max_clones: int = 50
+    max_environments: int = 10
+
+
+class GitError(RuntimeError):
+    """A git operation failed; the message names the repository and the cause."""
+
+
+_COMMIT = re.compile(r"[0-9a-fA-F]{7,40}")
+_BRANCH_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
+_URL_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
+_SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+")
+GIT_PROTOCOLS = "file:git:http:https:ssh"
+
+
+def check_repository_url(url: str) -> None:
+    """Refuse a repository URL that is malformed or could be read as an option."""
+    if not isinstance(url, str) or not url:
+        raise ValueError("git_repo must be a non-empty URL")
+    if url.startswith("-") or _URL_BAD.search(url) or "::" in url:
+        raise ValueError(f"git_repo {url!r} is not an acceptable repository URL")
+    if not (url.startswith(_SCHEMES) or _SCP_LIKE.fullmatch(url)):
+        raise ValueError(
+            f"git_repo {url!r} must be an https://, http://, ssh://, git:// or file:// URL "
+            "(or user@host:path)"
+        )
+
+
+def check_branch(branch: str) -> None:
+    """Refuse branch names that git would not accept, or that look like options."""
+    if (
+        not branch
+        or branch.startswith(("-", "/", "."))
+        or branch.endswith(("/", ".", ".lock"))
+        or not _BRANCH_CHARS.fullmatch(branch)
+        or ".." in branch
+        or "//" in branch
+        or "@{" in branch
+    ):
+        raise ValueError(f"git_branch {branch!r} is not a valid branch name")
+
+
+def check_commit(commit: str) -> None:
+    if not _COMMIT.fullmatch(commit):
+        raise ValueError(
+            f"git_commit {commit!r} must be a commit hash: 7 to 40 hexadecimal digits"
+        )
+
+
+def check_git_args(args: GitArgs, allowed: Iterable[str]) -> None:
+    """Check every field of ``args``, and that the repository is one the operator allows."""
+    check_repository_url(args.git_repo)
+    if args.git_branch is not None:
+        check_branch(args.git_branch)
+    if args.git_commit is not None:
+        check_commit(args.git_commit)
+    patterns = list(allowed)
+    if not any(fnmatch.fnmatchcase(args.git_repo, p) for p in patterns):
+        listed = ", ".join(patterns) if patterns else "none are configured"
+        raise PermissionError(
+            f"Repository {args.git_repo} is not an allowed script source "
+            f"(allowed repositories: {listed})"
+        )
+
+
+def repository_key(url: str) -> str:
+    """A directory name for a repository: readable tail plus a hash of the whole URL."""
+    tail = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40]
+    return f"{tail}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ALLOW_PROTOCOL=GIT_PROTOCOLS,
+        GIT_HTTP_LOW_SPEED_LIMIT="1000",
+        GIT_HTTP_LOW_SPEED_TIME="30",
+        GIT_SSH_COMMAND="ssh -o BatchMode=yes -o ConnectTimeout=10",
+        LC_ALL="C",
+    )
+    return env
+
+
+def run_git(args: list[str], repo: str, timeout: float, cwd: str | None = None) -> str:
+    """Run git with ``args`` (no shell); its own process group is killed on timeout."""
+    proc = subprocess.Popen(
+        ["git", *args],
+        cwd=cwd,
+        env=_git_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise GitError(
+            f"git {args[0]} of repository {repo} timed out after {timeout:g} s "
+            "(is the repository reachable from here?)"
+        ) from None
+    if proc.returncode != 0:
+        cause = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+        raise GitError(f"git {args[0]} of repository {repo} failed: {cause}")
+    return out
+
+
+def resolve_commit(args: GitArgs, timeout: float) -> str | None:
+    """The commit that ``args`` names: the commit if given, else the branch's (or the default
+    branch's) head, asked of the remote. None when a short commit hash must be resolved in
+    the clone."""
+    if args.git_commit is not None:
+        return args.git_commit.lower() if len(args.git_commit) == 40 else None
+    ref = f"refs/heads/{args.git_branch}" if args.git_branch else "HEAD"
+    out = run_git(["ls-remote", "--", args.git_repo, ref], args.git_repo, timeout)
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if name == ref:
+            return sha
+    what = f"branch {args.git_branch!r}" if args.git_branch else "a default branch"
+    raise GitError(f"Repository {args.git_repo} has no {what}")
+
+
+@contextmanager
+def file_lock(path: str, shared: bool = False) -> Iterator[int]:
+    """Hold an flock on ``path`` (created if need be); released if the holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def log_event(settings: GitSettings, text: str) -> None:
+    """Append a line to the cache's activity log (what was cloned and built, when)."""
+    os.makedirs(settings.cache_dir, exist_ok=True)
+    with open(os.path.join(settings.cache_dir, "activity.log"), "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {text}\n")
+
+
+def checkout(args: GitArgs, settings: GitSettings) -> tuple[str, str]:
+    """A checkout of the commit ``args`` names, cloned once and cached: (directory, commit)."""
+    check_repository_url(args.git_repo)
+    commit = resolve_commit(args, settings.git_timeout)
+    repo_dir = os.path.join(settings.cache_dir, "clones", repository_key(args.git_repo))
+    os.makedirs(repo_dir, exist_ok=True)
+    with file_lock(os.path.join(repo_dir, ".lock")):
+        found = _cached(repo_dir, commit or str(args.git_commit))
+        if found is not None:
+            os.utime(found)
+            hold(found)
+            return found, os.path.basename(found)
+        tmp = tempfile.mkdtemp(prefix=".clone-", dir=repo_dir)
+        try:
+            run_git(
+                ["clone", "--quiet", "--no-checkout", "--", args.git_repo, tmp],
+                args.git_repo,
+                settings.git_timeout,
+            )
+            want = commit or str(args.git_commit)
+            run_git(
+                ["checkout", "--quiet", "--detach", want, "--"],
+                args.git_repo,
+                settings.git_timeout,
+                cwd=tmp,
+            )
+            full = run_git(["rev-parse", "HEAD"], args.git_repo, settings.git_timeout, cwd=tmp)
+            final = os.path.join(repo_dir, full.strip())
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log_event(settings, f"clone {args.git_repo} {full.strip()}")
+        hold(final)
+        prune(repo_dir, settings.max_clones)
+    return final, full.strip()
+
+
+def _cached(repo_dir: str, commit: str) -> str | None:
+    for name in os.listdir(repo_dir):
+        path = os.path.join(repo_dir, name)
+        if _COMMIT.fullmatch(name) and name.startswith(commit.lower()) and os.path.isdir(path):
+            return path
+    return None
+
+
+def prune(parent: str, keep: int) -> None:
+    """Delete the least recently used entries of ``parent`` beyond ``keep``, skipping any that
+    a process holds (an flock on ``<entry>.inuse``)."""
+    entries = [
+        os.path.join(parent, n)
+        for n in os.listdir(parent)
+        if not n.startswith(".") and os.path.isdir(os.path.join(parent, n))
+    ]
+    entries.sort(key=lambda p: os.stat(p).st_mtime, reverse=True)
+    for path in entries[keep:]:
+        fd = os.open(path + ".inuse", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # in use
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            os.unlink(path + ".inuse")
+        finally:
+            os.close(fd)
+
+
+_held: list[int] = []
+
+
+def hold(path: str) -> None:
+    """Mark ``path`` in use for as long as this process lives (a shared flock), so that
+    pruning by another process leaves it alone."""
+    fd = os.open(path + ".inuse", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held.append(fd)

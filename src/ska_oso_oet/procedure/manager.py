@@ -9,6 +9,7 @@ from typing import Any
 from pubsub import pub
 
 from ska_oso_oet.procedure.context import ScriptContext
+from ska_oso_oet.procedure.gitmanager import GitSettings
 from ska_oso_oet.procedure.scripts import ExecutableScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState
 
@@ -62,6 +63,7 @@ class ProcessManager:
         init_args: ProcedureInput,
         context: ScriptContext | None = None,
         local_path: str | None = None,
+        git_settings: GitSettings | None = None,
     ) -> int:
         """Request creation of a new ScriptWorker process; returns the new procedure's ID at
         once, its state CREATING."""
@@ -76,6 +78,7 @@ class ProcessManager:
             init_args=init_args,
             context=context or ScriptContext(),
             local_path=local_path,
+            git_settings=git_settings,
         )
         return pid
 

@@ -301,12 +301,14 @@ class Supervisor:
         init_args: Any,
         context: Any,
         local_path: str | None = None,
+        git_settings: Any = None,
     ) -> None:
         """Start (or take a warm) worker for the procedure and load its script.
 
-        ``local_path`` is the file to load when it is not the script URI's own path.
+        ``local_path`` is the file to load when it is not the script URI's own path; a git
+        script that asks for an environment gets an ENV message first.
         """
-        self._post(("create", procedure_id, script, init_args, context, local_path))
+        self._post(("create", procedure_id, script, init_args, context, local_path, git_settings))
 
     def run(self, procedure_id: int, fn_name: str, run_args: Any, context: Any) -> None:
         self._post(("run", procedure_id, fn_name, run_args, context))
@@ -427,14 +429,17 @@ class Supervisor:
     def _command(self, command: tuple[Any, ...]) -> None:
         tag = command[0]
         if tag == "create":
-            _, pid, script, init_args, context, local_path = command
-            load = (wk.LOAD, pid, script, init_args, context, local_path)
+            _, pid, script, init_args, context, local_path, git_settings = command
+            msgs: list[tuple[Any, ...]] = []
+            if getattr(script, "create_env", False):
+                msgs.append((wk.ENV, pid, script, git_settings))
+            msgs.append((wk.LOAD, pid, script, init_args, context, local_path, git_settings))
             w = self._take_spare()
             if w is None:
-                self._pending[pid] = ([load], [False])
+                self._pending[pid] = (msgs, [False])
                 self._request_launch(pid)
             else:
-                self._assign(w, pid, [load])
+                self._assign(w, pid, msgs)
         elif tag == "launched":
             self._adopt(command[1], command[2], command[3])
         elif tag == "run":
@@ -671,9 +676,12 @@ class ManagementListener:
         init_args: Any,
         context: Any,
         local_path: str | None,
+        git_settings: Any,
     ) -> None:
         if msg_src == self._name:
-            self._supervisor.create(procedure_id, script, init_args, context, local_path)
+            self._supervisor.create(
+                procedure_id, script, init_args, context, local_path, git_settings
+            )
 
     def on_run(
         self, msg_src: str, procedure_id: int, fn_name: str, run_args: Any, context: Any

@@ -31,14 +31,20 @@ from typing import Any
 from pubsub import pub
 
 from ska_oso_oet.procedure.context import ScriptContext
-from ska_oso_oet.procedure.scripts import ExecutableScript, ModuleFactory, ProcedureInput
+from ska_oso_oet.procedure.gitmanager import GitSettings
+from ska_oso_oet.procedure.scripts import (
+    ExecutableScript,
+    GitScript,
+    ModuleFactory,
+    ProcedureInput,
+)
 from ska_oso_oet.procedure.states import ProcedureState
 
 LOGGER = logging.getLogger(__name__)
 
 # Messages from the supervisor to a worker: tuples whose first item is one of these tags.
-LOAD = "LOAD"  # (LOAD, procedure_id, script, init_args, context, local_path)
-ENV = "ENV"  # (ENV, environment) - install a git script's dependencies
+LOAD = "LOAD"  # (LOAD, procedure_id, script, init_args, context, local_path, git_settings)
+ENV = "ENV"  # (ENV, procedure_id, script, git_settings) - a git script's environment
 RUN = "RUN"  # (RUN, fn_name, run_args, context)
 PUBSUB = "PUBSUB"  # (PUBSUB, topic, kwargs) - also sent by workers
 SHUTDOWN = "SHUTDOWN"  # (SHUTDOWN,)
@@ -186,6 +192,7 @@ class ScriptWorker:
         self._signals = _SignalState()
         self._local = threading.local()
         self._os_pid = os.getpid()
+        self._checkout: str | None = None
         self.term_handler = functools.partial(script_signal_handler, self._signals, StopScript)
 
     # -- the two threads ---------------------------------------------------------------------
@@ -239,7 +246,7 @@ class ScriptWorker:
             if tag == LOAD:
                 self._load(*task[1:])
             elif tag == ENV:
-                self._prepare_environment(task[1])
+                self._prepare_environment(*task[1:])
             elif tag == RUN:
                 self._run(*task[1:])
             elif tag == SHUTDOWN:
@@ -252,10 +259,12 @@ class ScriptWorker:
         init_args: ProcedureInput,
         context: ScriptContext,
         local_path: str | None,
+        git_settings: GitSettings | None = None,
     ) -> None:
-        self.procedure_id = procedure_id
-        self.publish_lifecycle(ProcedureState.IDLE)
+        self._assign(procedure_id)
         self.publish_lifecycle(ProcedureState.LOADING)
+        if isinstance(script, GitScript):
+            local_path = self._git_script_path(script, git_settings)
         self.module = ModuleFactory.get_module(script, path=local_path)
         self.publish_lifecycle(ProcedureState.IDLE)
         init = getattr(self.module, "init", None)
@@ -264,11 +273,49 @@ class ScriptWorker:
             self._call(init, init_args, context)
         self.publish_lifecycle(ProcedureState.READY, {"functions": script_functions(self.module)})
 
-    def _prepare_environment(self, environment: Any) -> None:
-        self.environment = environment
+    def _assign(self, procedure_id: int) -> None:
+        """The first message about a procedure: the worker is now its process (IDLE)."""
+        if self.procedure_id is None:
+            self.procedure_id = procedure_id
+            self.publish_lifecycle(ProcedureState.IDLE)
+
+    def _prepare_environment(
+        self, procedure_id: int, script: GitScript, settings: GitSettings
+    ) -> None:
+        """Clone the script's repository and make (or wait for) its environment."""
+        from ska_oso_oet.procedure import gitmanager
+        from ska_oso_oet.procedure.environment import EnvironmentManager
+
+        self._assign(procedure_id)
         self.publish_lifecycle(ProcedureState.PREP_ENV)
-        environment.install_into_worker()
+        self._checkout, commit = gitmanager.checkout(script.git_args, settings)
+        manager = EnvironmentManager(base_dir=os.path.join(settings.cache_dir, "envs"))
+        pinned = dataclasses.replace(script.git_args, git_commit=commit)
+        env = manager.ensure_installed(manager.create_env(pinned), self._checkout, settings)
+        env.activate()
+        self.environment = env
         self.publish_lifecycle(ProcedureState.IDLE)
+
+    def _git_script_path(self, script: GitScript, settings: GitSettings | None) -> str:
+        from ska_oso_oet.procedure import gitmanager
+
+        if self._checkout is None:
+            if settings is None:
+                raise ValueError("No git settings were given for a git script")
+            self._checkout, _ = gitmanager.checkout(script.git_args, settings)
+        root = os.path.realpath(self._checkout)
+        path = os.path.realpath(os.path.join(root, script.path))
+        if os.path.commonpath([path, root]) != root:
+            raise PermissionError(f"{script.script_uri} points outside its repository")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{script.path} is not in repository {script.git_args.git_repo} at commit "
+                f"{os.path.basename(self._checkout)}"
+            )
+        for extra in (os.path.join(root, "src"), root):  # the repository's own modules
+            if os.path.isdir(extra) and extra not in sys.path:
+                sys.path.insert(0, extra)
+        return path
 
     def _run(self, fn_name: str, run_args: ProcedureInput, context: ScriptContext) -> None:
         fn = getattr(self.module, fn_name, None)

@@ -87,6 +87,18 @@ class ObservationExecutionTool(SKADevice):
         default_value=[],
         doc="Shell-style patterns a git script's repository URL must match",
     )
+    GitCacheDirectory = device_property(
+        dtype=str,
+        default_value="",
+        doc="Where git clones and script environments are kept "
+        "(default $OET_CACHE_DIR or ~/.cache/ska-oso-oet)",
+    )
+    GitTimeout = device_property(
+        dtype=float, default_value=60.0, doc="Seconds a git command may take"
+    )
+    MaxEnvironments = device_property(
+        dtype=int, default_value=10, doc="Script environments kept on disk"
+    )
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -123,6 +135,10 @@ class ObservationExecutionTool(SKADevice):
             max_running=self.MaxRunning,
             script_roots=list(self.ScriptRoots),
             spare_workers=self.SpareWorkers,
+            allowed_git_repos=list(self.AllowedGitRepositories),
+            git_cache_dir=self.GitCacheDirectory or None,
+            git_timeout=self.GitTimeout,
+            max_environments=self.MaxEnvironments,
         )
 
     def delete_device(self) -> None:

@@ -1,0 +1,353 @@
+"""Scripts from real local git repositories, with and without their own environment."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import socket
+import subprocess
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ska_oso_oet.procedure.application import (
+    PrepareProcessCommand,
+    ScriptRejectedError,
+    StartProcessCommand,
+)
+from ska_oso_oet.procedure.domain import GitScript, ProcedureInput, ProcedureState
+from ska_oso_oet.procedure.gitmanager import GitArgs
+from tests.test_lifecycle import TIMEOUT, states
+
+S = ProcedureState
+FINAL = [S.COMPLETE, S.STOPPED, S.FAILED]
+
+USES_DEP = """
+from pubsub import pub
+
+
+def init():
+    import localdep  # installed into this repository's environment only
+
+    global VALUE
+    VALUE = localdep.VALUE
+
+
+def main():
+    pub.sendMessage("test.git", msg_src="git", value=VALUE)
+"""
+
+PLAIN = """
+from pubsub import pub
+
+
+def main():
+    pub.sendMessage("test.git", msg_src="git", value={value!r})
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=OET Test", "-c", "user.email=oet@example.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def make_wheel(directory: Path, name: str = "localdep", version: str = "1.0") -> Path:
+    """A pure-Python wheel, written by hand so that the tests need no build tools."""
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f'VALUE = "from {name} {version}"\n',
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: oet-tests\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            data = text.encode()
+            zf.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{path},sha256={digest.decode()},{len(data)}")
+        record.append(f"{dist_info}/RECORD,,")
+        zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+class Repo:
+    """A local repository: main with two commits, and a feature branch."""
+
+    def __init__(self, root: Path, requirement: str) -> None:
+        self.path = root / "observing-scripts"
+        self.path.mkdir()
+        git(self.path, "init", "--quiet", "--initial-branch=main")
+        (self.path / "scripts").mkdir()
+        (self.path / "scripts" / "uses_dep.py").write_text(USES_DEP)
+        (self.path / "requirements.txt").write_text(requirement + "\n")
+        self.commit("scripts/plain.py", PLAIN.format(value="first"))
+        self.first = git(self.path, "rev-parse", "HEAD")
+        self.commit("scripts/plain.py", PLAIN.format(value="second"))
+        self.second = git(self.path, "rev-parse", "HEAD")
+        git(self.path, "checkout", "--quiet", "-b", "feature")
+        self.commit("scripts/plain.py", PLAIN.format(value="feature"))
+        self.feature = git(self.path, "rev-parse", "HEAD")
+        git(self.path, "checkout", "--quiet", "main")
+        self.url = f"file://{self.path}"
+
+    def commit(self, path: str, text: str) -> None:
+        (self.path / path).write_text(text)
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "--quiet", "-m", f"change {path}")
+
+    def script(self, path: str, create_env: bool = False, **git_args: str) -> GitScript:
+        return GitScript(
+            f"git://{path}", git_args=GitArgs(git_repo=self.url, **git_args), create_env=create_env
+        )
+
+
+@pytest.fixture
+def repo(tmp_path) -> Repo:
+    wheel = make_wheel(tmp_path)
+    return Repo(tmp_path, f"localdep @ {wheel.as_uri()}")
+
+
+@pytest.fixture
+def git_ses(make_service, tmp_path):
+    def make(**kwargs):
+        kwargs.setdefault("allowed_git_repos", [f"file://{tmp_path}/*", "http://127.0.0.1:*"])
+        kwargs.setdefault("git_cache_dir", str(tmp_path / "cache"))
+        return make_service(**kwargs)
+
+    return make
+
+
+def activity(tmp_path: Path) -> list[str]:
+    log = tmp_path / "cache" / "activity.log"
+    return [line.split(" ", 2)[2] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def run_script(ses, script: GitScript) -> tuple[list[str], str | None]:
+    summary = ses.prepare(PrepareProcessCommand(script, ProcedureInput()))
+    ready = ses.wait_for_state(summary.id, [S.READY, *FINAL], 60)
+    assert ready.state is S.READY, ready.history.stacktrace
+    ses.start(StartProcessCommand(summary.id, "main", ProcedureInput()))
+    final = ses.wait_for_state(summary.id, FINAL, TIMEOUT)
+    return states(final), final.history.stacktrace
+
+
+def test_a_git_script_without_environment_completes(git_ses, repo, recorder):
+    told = recorder("test.git")
+    got, stacktrace = run_script(git_ses(), repo.script("scripts/plain.py"))
+    assert stacktrace is None
+    assert got == ["CREATING", "IDLE", "LOADING", "IDLE", "READY", "RUNNING", "READY", "COMPLETE"]
+    assert told.wait(1)[0]["value"] == "second"  # no branch, no commit: the default branch
+
+
+def test_branch_and_commit_pick_the_version(git_ses, repo, recorder):
+    told = recorder("test.git")
+    ses = git_ses()
+    run_script(ses, repo.script("scripts/plain.py", git_branch="feature"))
+    run_script(ses, repo.script("scripts/plain.py", git_commit=repo.first))
+    run_script(ses, repo.script("scripts/plain.py", git_commit=repo.second[:10]))
+    assert [m["value"] for m in told.wait(3)] == ["feature", "first", "second"]
+
+
+def test_a_git_script_with_its_environment_passes_prep_env(git_ses, repo, recorder):
+    assert importlib.util.find_spec("localdep") is None  # not in the server's environment
+    told = recorder("test.git")
+    got, stacktrace = run_script(git_ses(), repo.script("scripts/uses_dep.py", create_env=True))
+    assert stacktrace is None
+    assert got == [
+        "CREATING", "IDLE", "PREP_ENV", "IDLE", "LOADING", "IDLE", "INITIALISING", "READY",
+        "RUNNING", "READY", "COMPLETE",
+    ]  # fmt: skip
+    assert told.wait(1)[0]["value"] == "from localdep 1.0"
+
+
+def test_concurrent_prepares_of_one_commit_clone_and_build_once(git_ses, repo, tmp_path):
+    ses = git_ses()
+    ids = [
+        ses.prepare(PrepareProcessCommand(repo.script("scripts/uses_dep.py", create_env=True))).id
+        for _ in range(3)
+    ]
+    for pid in ids:
+        ready = ses.wait_for_state(pid, [S.READY, *FINAL], 60)
+        assert ready.state is S.READY, ready.history.stacktrace
+    log = activity(tmp_path)
+    assert [line.split()[0] for line in log] == ["clone", "environment"], log
+    assert log[1].endswith("created")
+    # a later prepare reuses both
+    later = ses.prepare(PrepareProcessCommand(repo.script("scripts/uses_dep.py", create_env=True)))
+    assert ses.wait_for_state(later.id, [S.READY, *FINAL], 60).state is S.READY
+    assert len(activity(tmp_path)) == 2
+
+
+def test_the_pip_installer_builds_the_environment_too(git_ses, repo, recorder):
+    told = recorder("test.git")
+    _, stacktrace = run_script(
+        git_ses(installer="pip"), repo.script("scripts/uses_dep.py", create_env=True)
+    )
+    assert stacktrace is None
+    assert told.wait(1)[0]["value"] == "from localdep 1.0"
+
+
+def test_a_broken_dependency_fails_every_waiting_procedure_promptly(git_ses, tmp_path):
+    missing = tmp_path / "wheels" / "nothere-1.0-py3-none-any.whl"
+    repo = Repo(tmp_path, f"nothere @ {missing.as_uri()}")
+    ses = git_ses()
+    started = time.monotonic()
+    ids = [
+        ses.prepare(PrepareProcessCommand(repo.script("scripts/uses_dep.py", create_env=True))).id
+        for _ in range(3)
+    ]
+    for pid in ids:
+        final = ses.wait_for_state(pid, FINAL, 60)
+        assert final.state is S.FAILED
+        assert states(final)[-2:] == ["PREP_ENV", "FAILED"]
+        assert "nothere" in final.history.stacktrace  # the installer's own error
+    assert time.monotonic() - started < 30
+    assert [line for line in activity(tmp_path) if "FAILED" in line] != []
+    # the broken environment is not reused: the next prepare tries again
+    failures = len([line for line in activity(tmp_path) if "FAILED" in line])
+    again = ses.prepare(PrepareProcessCommand(repo.script("scripts/uses_dep.py", create_env=True)))
+    assert ses.wait_for_state(again.id, FINAL, 60).state is S.FAILED
+    assert len([line for line in activity(tmp_path) if "FAILED" in line]) == failures + 1
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server on loopback that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_repository_fails_naming_it_and_the_cause(git_ses):
+    ses = git_ses(git_timeout=5)
+    url = f"http://127.0.0.1:{free_port()}/scripts.git"  # nothing listens there
+    summary = ses.prepare(
+        PrepareProcessCommand(GitScript("git://x.py", git_args=GitArgs(git_repo=url)))
+    )
+    final = ses.wait_for_state(summary.id, FINAL, 30)
+    assert final.state is S.FAILED
+    assert url in final.history.stacktrace
+    assert "onnect" in final.history.stacktrace  # "Failed to connect" / "Connection refused"
+
+
+def test_a_repository_that_never_answers_fails_within_the_git_timeout(
+    git_ses, silent_server, make_service
+):
+    ses = git_ses(git_timeout=2)
+    url = f"http://127.0.0.1:{silent_server}/scripts.git"
+    started = time.monotonic()
+    summary = ses.prepare(
+        PrepareProcessCommand(GitScript("git://x.py", git_args=GitArgs(git_repo=url)))
+    )
+    # meanwhile the service goes on serving other procedures
+    other = ses.prepare(
+        PrepareProcessCommand(
+            GitScript("git://x.py", git_args=GitArgs(git_repo=url)), ProcedureInput()
+        )
+    )
+    final = ses.wait_for_state(summary.id, FINAL, 30)
+    assert final.state is S.FAILED
+    assert "timed out after 2 s" in final.history.stacktrace
+    assert url in final.history.stacktrace
+    assert time.monotonic() - started < 15
+    ses.wait_for_state(other.id, FINAL, 30)
+
+
+def test_file_scripts_run_while_a_clone_hangs(git_ses, silent_server):
+    from tests.conftest import script
+
+    ses = git_ses(git_timeout=30, max_running=1)
+    url = f"http://127.0.0.1:{silent_server}/scripts.git"
+    hanging = ses.prepare(
+        PrepareProcessCommand(GitScript("git://x.py", git_args=GitArgs(git_repo=url)))
+    )
+    ses.wait_for_state(hanging.id, S.LOADING, TIMEOUT)
+    summary = ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
+    ses.wait_for_state(summary.id, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(summary.id, "main", ProcedureInput()))
+    assert ses.wait_for_state(summary.id, FINAL, TIMEOUT).state is S.COMPLETE
+    assert ses.summarise([hanging.id])[0].state is S.LOADING
+
+
+def test_a_script_missing_from_the_repository_fails_clearly(git_ses, repo):
+    ses = git_ses()
+    summary = ses.prepare(PrepareProcessCommand(repo.script("scripts/absent.py")))
+    final = ses.wait_for_state(summary.id, FINAL, TIMEOUT)
+    assert final.state is S.FAILED
+    assert "scripts/absent.py is not in repository" in final.history.stacktrace
+
+
+@pytest.mark.parametrize(
+    "git_args, message",
+    [
+        ({"git_repo": "https://gitlab.com/other/repo.git"}, "not an allowed script source"),
+        ({"git_repo": "-uhttps://x"}, "not an acceptable repository URL"),
+        ({"git_repo": "ext::sh -c touch% /tmp/pwned"}, "not an acceptable repository URL"),
+        ({"git_repo": "/local/path"}, "must be an https://"),
+        ({"git_branch": "--upload-pack=touch /tmp/pwned"}, "not a valid branch name"),
+        ({"git_branch": "a..b"}, "not a valid branch name"),
+        ({"git_commit": "-c"}, "must be a commit hash"),
+        ({"git_commit": "main"}, "must be a commit hash"),
+    ],
+)
+def test_bad_repositories_and_arguments_are_refused_before_any_git_command(
+    git_ses, repo, tmp_path, git_args, message
+):
+    args = {"git_repo": repo.url, **git_args}
+    with pytest.raises(ScriptRejectedError, match=message):
+        git_ses().prepare(
+            PrepareProcessCommand(GitScript("git://scripts/plain.py", git_args=GitArgs(**args)))
+        )
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("uri", ["git://../outside.py", "git:///etc/passwd", "git://a//b.py"])
+def test_paths_out_of_the_repository_are_refused(uri):
+    with pytest.raises(ValueError, match="relative path inside the repository"):
+        GitScript(uri)
+
+
+def test_git_scripts_are_refused_when_no_repository_is_allowed(make_service, repo):
+    ses = make_service()
+    with pytest.raises(ScriptRejectedError, match="none are configured"):
+        ses.prepare(PrepareProcessCommand(repo.script("scripts/plain.py")))
