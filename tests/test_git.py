@@ -351,3 +351,34 @@ def test_git_scripts_are_refused_when_no_repository_is_allowed(make_service, rep
     ses = make_service()
     with pytest.raises(ScriptRejectedError, match="none are configured"):
         ses.prepare(PrepareProcessCommand(repo.script("scripts/plain.py")))
+
+
+def test_environments_beyond_the_bound_are_pruned_and_can_be_deleted(git_ses, repo, tmp_path):
+    from ska_oso_oet.procedure.environment import EnvironmentManager
+
+    ses = git_ses(max_environments=1)
+    envs = tmp_path / "cache" / "envs"
+    run_script(ses, repo.script("scripts/uses_dep.py", create_env=True, git_commit=repo.first))
+    (first,) = [p.name for p in envs.iterdir() if p.is_dir()]
+    run_script(ses, repo.script("scripts/uses_dep.py", create_env=True, git_commit=repo.second))
+    (second,) = [p.name for p in envs.iterdir() if p.is_dir()]  # the first was pruned
+    assert first != second and second.endswith(repo.second[:12])
+    manager = EnvironmentManager(base_dir=str(envs))
+    with pytest.raises(ValueError, match="not an environment name"):
+        manager.delete_env("../clones")
+    manager.delete_env(second)
+    assert not (envs / second).exists()
+
+
+def test_an_environment_in_use_is_not_deleted(git_ses, repo, tmp_path):
+    from ska_oso_oet.procedure.environment import EnvironmentManager
+
+    ses = git_ses()
+    summary = ses.prepare(
+        PrepareProcessCommand(repo.script("scripts/uses_dep.py", create_env=True))
+    )
+    assert ses.wait_for_state(summary.id, [S.READY, *FINAL], 60).state is S.READY
+    envs = tmp_path / "cache" / "envs"
+    (name,) = [p.name for p in envs.iterdir() if p.is_dir()]
+    with pytest.raises(RuntimeError, match="in use"):
+        EnvironmentManager(base_dir=str(envs)).delete_env(name)
