@@ -404,6 +404,11 @@ class ScriptExecutionService:
                 raise UnknownProcedureError(f"No procedure with ID {', '.join(map(str, unknown))}")
             return [self._summary(p) for p in pids]
 
+    def procedure_ids(self) -> list[int]:
+        """IDs of every procedure the service holds, oldest first."""
+        with self._lock:
+            return list(self._records)
+
     # -- operator overrides ---------------------------------------------------------------
 
     def handle_wait_for_qa_ready_enable(self, msg_src: Any = None, **_: Any) -> None:

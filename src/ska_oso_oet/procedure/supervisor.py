@@ -72,7 +72,7 @@ class _Worker:
 def default_context() -> BaseContext:
     """The fork-server context, with the worker module preloaded in the fork server."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([wk.__name__])
+    ctx.set_forkserver_preload(["ska_oso_oet.procedure._preload"])
     return ctx
 
 

@@ -9,7 +9,6 @@ business rule lives here.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import queue
 import threading
@@ -106,7 +105,10 @@ class ObservationExecutionTool(SKADevice):
         super().init_device()
         self.init_ska()
         self._ses: ScriptExecutionService | None = None
-        self._summaries: dict[int, dict[str, Any]] = {}
+        # each procedure's summary as JSON text, and its state: only the changed one is
+        # serialised again on a change
+        self._summary_text: dict[int, str] = {}
+        self._states: dict[int, ProcedureState] = {}
         self._summaries_json = "[]"
         self._events: queue.SimpleQueue[ProcedureSummary | None] = queue.SimpleQueue()
         for name in ("procedureSummaries", "State", "Status"):
@@ -164,12 +166,14 @@ class ObservationExecutionTool(SKADevice):
                     LOGGER.exception("Pushing the change of procedure %s failed", summary.id)
 
     def _publish(self, summary: ProcedureSummary) -> None:
-        self._summaries[summary.id] = ui.summary_to_dict(summary)
+        self._summary_text[summary.id] = ui.to_json(summary)
+        self._states[summary.id] = summary.state
         if summary.state.is_final and self._ses is not None:
-            held = {s.id for s in self._ses.summarise()}
-            for pid in [p for p in self._summaries if p not in held]:
-                del self._summaries[pid]
-        self._summaries_json = json.dumps(list(self._summaries.values()), default=repr)
+            held = set(self._ses.procedure_ids())
+            for pid in [p for p in self._summary_text if p not in held]:
+                del self._summary_text[pid]
+                del self._states[pid]
+        self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
         self.push_change_event("procedureSummaries", self._summaries_json)
         self.push_archive_event("procedureSummaries", self._summaries_json)
         self._update_state()
@@ -180,11 +184,7 @@ class ObservationExecutionTool(SKADevice):
         if self._admin_mode not in ACCEPTING_MODES:
             state, status = DevState.DISABLE, f"Disabled: adminMode is {self._admin_mode.name}"
         else:
-            running = [
-                pid
-                for pid, s in self._summaries.items()
-                if s["state"] == ProcedureState.RUNNING.name
-            ]
+            running = [p for p, s in self._states.items() if s is ProcedureState.RUNNING]
             if running:
                 state = DevState.RUNNING
                 status = f"Running procedure {', '.join(map(str, running))}"
