@@ -59,12 +59,18 @@ class _Worker:
     killed: bool = False
     deadline: float | None = None
     exit_intent: tuple[str, str | None] | None = None
+    killed_by_worker: list[int] = dataclasses.field(default_factory=list)
     snapshot: list[psutil.Process] = dataclasses.field(default_factory=list)
     conn_open: bool = True
+    pidfd: int | None = None  # readable the moment the process ends (Linux)
+    reaped: bool = False
+
+    send_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def send(self, msg: tuple[Any, ...]) -> None:
         try:
-            self.conn.send(msg)
+            with self.send_lock:
+                self.conn.send(msg)
         except (OSError, ValueError):
             pass  # the worker is gone; its sentinel will say so
 
@@ -235,6 +241,27 @@ def confirm_gone(pgid: int, extra: list[psutil.Process], timeout: float) -> bool
         delay = min(delay * 2, 0.05)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+def pids_gone(pids: list[int], timeout: float) -> bool:
+    """Wait until none of ``pids`` (already sent SIGKILL) is alive."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while any(_pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)  # the kernel is tearing them down
+        delay = min(delay * 2, 0.05)
+    return True
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -311,7 +338,13 @@ class Supervisor:
         self._post(("create", procedure_id, script, init_args, context, local_path, git_settings))
 
     def run(self, procedure_id: int, fn_name: str, run_args: Any, context: Any) -> None:
-        self._post(("run", procedure_id, fn_name, run_args, context))
+        w = self._workers.get(procedure_id)
+        if w is not None and not w.stopping:
+            # Straight down the worker's pipe: a message is not a process operation, and
+            # this saves the hop through the supervisor thread.
+            w.send((wk.RUN, fn_name, run_args, context))
+        else:
+            self._post(("run", procedure_id, fn_name, run_args, context))
 
     def stop(self, procedure_id: int) -> None:
         self._post(("stop", procedure_id))
@@ -407,6 +440,14 @@ class Supervisor:
                         pass
                 elif kind == "conn":
                     self._drain(w)
+                elif kind == "ended":
+                    # The process has ended. When it said why (or was being stopped) nothing
+                    # is missing; otherwise wait for the fork server to report its exit code.
+                    self._drain(w)
+                    if w.exit_intent is not None or w.stopping:
+                        exited.append(w)
+                    else:
+                        self._selector.unregister(key.fileobj)
                 else:
                     exited.append(w)
             while self._commands:
@@ -483,6 +524,12 @@ class Supervisor:
             return
         self._selector.register(w.conn.fileno(), selectors.EVENT_READ, ("conn", w))
         self._selector.register(w.process.sentinel, selectors.EVENT_READ, ("exit", w))
+        try:
+            w.pidfd = os.pidfd_open(w.os_pid)
+        except (AttributeError, OSError):
+            pass  # the fork server's exit report (the sentinel) is enough, only slower
+        else:
+            self._selector.register(w.pidfd, selectors.EVENT_READ, ("ended", w))
         if pid < 0:
             self._spares.append(w)
             if self._closing:
@@ -495,9 +542,9 @@ class Supervisor:
 
     def _assign(self, w: _Worker, pid: int, msgs: list[tuple[Any, ...]]) -> None:
         w.procedure_id = pid
-        self._workers[pid] = w
         for msg in msgs:
             w.send(msg)
+        self._workers[pid] = w  # only now may other threads send to it directly
 
     def _take_spare(self) -> _Worker | None:
         while self._spares:
@@ -542,6 +589,7 @@ class Supervisor:
             self._broadcast(w, topic, kwargs)
         elif tag == wk.EXIT:
             w.exit_intent = (msg[1], msg[2])
+            w.killed_by_worker = list(msg[3])
 
     def _broadcast(self, source: _Worker | None, topic: str, kwargs: dict[str, Any]) -> None:
         for other in self._workers.values():
@@ -580,10 +628,17 @@ class Supervisor:
                 kill_tree(w.os_pid, w.snapshot)
 
     def _reap(self, w: _Worker) -> None:
+        if w.reaped:
+            return
+        w.reaped = True
         self._drain(w)
         w.process.join(0)
         exitcode = w.process.exitcode
-        gone = confirm_gone(w.os_pid, w.snapshot, KILL_CONFIRM_TIMEOUT)
+        if w.exit_intent is not None and not w.killed:
+            # It ended itself after killing everything it had started: wait for those only.
+            gone = pids_gone(w.killed_by_worker, KILL_CONFIRM_TIMEOUT)
+        else:
+            gone = confirm_gone(w.os_pid, w.snapshot, KILL_CONFIRM_TIMEOUT)
         self._forget(w)
         pid = w.procedure_id
         if pid is None:
@@ -616,6 +671,13 @@ class Supervisor:
                     pass
         w.conn_open = False
         w.conn.close()
+        if w.pidfd is not None:
+            try:
+                self._selector.unregister(w.pidfd)
+            except (KeyError, ValueError):
+                pass
+            os.close(w.pidfd)
+            w.pidfd = None
         if w.procedure_id is not None:
             self._workers.pop(w.procedure_id, None)
         elif w in self._spares:

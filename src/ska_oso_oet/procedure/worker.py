@@ -50,7 +50,8 @@ PUBSUB = "PUBSUB"  # (PUBSUB, topic, kwargs) - also sent by workers
 SHUTDOWN = "SHUTDOWN"  # (SHUTDOWN,)
 # Messages from a worker to the supervisor.
 STATE = "STATE"  # (STATE, state_name, timestamp, info)
-EXIT = "EXIT"  # (EXIT, final_state_name, stacktrace) - sent just before the process exits
+# (EXIT, final_state_name, stacktrace, pids of the descendants it killed), just before exiting
+EXIT = "EXIT"
 # Internal messages of the worker's main thread.
 USER_FN_COMPLETE = "USER_FN_COMPLETE"
 USER_FN_FAILED = "USER_FN_FAILED"
@@ -401,8 +402,9 @@ class ScriptWorker:
         self._signals.critical += 1  # nothing may interrupt the last message
         if os.getpid() != self._os_pid:
             _flush_and_exit(0)  # a forked copy of the worker that returned from the script
+        killed = kill_descendants()
         try:
-            self.event_q.put((EXIT, state.name, stacktrace))
+            self.event_q.put((EXIT, state.name, stacktrace, killed))
         except Exception:
             pass
         _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1)
@@ -427,8 +429,9 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def kill_descendants() -> None:
-    """SIGKILL every process this worker started, however deep and whatever its group.
+def kill_descendants() -> list[int]:
+    """SIGKILL every process this worker started, however deep and whatever its group;
+    return their PIDs.
 
     The worker is a child subreaper, so an orphaned grandchild is re-parented to it and is
     still found here.
@@ -450,6 +453,7 @@ def kill_descendants() -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    return sorted(seen)
 
 
 def _become_subreaper() -> None:

@@ -174,9 +174,9 @@ class ObservationExecutionTool(SKADevice):
                 del self._summary_text[pid]
                 del self._states[pid]
         self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
+        self._update_state()  # first, so that a client reacting to the event sees it
         self.push_change_event("procedureSummaries", self._summaries_json)
         self.push_archive_event("procedureSummaries", self._summaries_json)
-        self._update_state()
 
     def _update_state(self) -> None:
         if self._ses is None:
