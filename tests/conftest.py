@@ -46,6 +46,14 @@ def _patch_pytest_forked() -> None:
 _patch_pytest_forked()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that talk Tango run forked: a Tango client in the test runner's own process
+    would make every later forked Tango test inherit a half-copied ORB."""
+    for item in items:
+        if item.get_closest_marker("tango") and not item.get_closest_marker("forked"):
+            item.add_marker(pytest.mark.forked)
+
+
 def script(name: str) -> FileSystemScript:
     """A FileSystemScript for one of the test scripts."""
     return FileSystemScript(f"file://{SCRIPTS / name}")
