@@ -7,6 +7,8 @@ the memory pages it shares with the fork server.
 
 import gc
 
+# the worker, and what a git script's environment needs
+import ska_oso_oet.procedure.environment
 import ska_oso_oet.procedure.worker  # noqa: F401
 
 gc.freeze()

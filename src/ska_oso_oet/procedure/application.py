@@ -157,7 +157,8 @@ class ScriptExecutionService:
         history_limit: int = 100,
         max_running: int = 1,
         script_roots: Iterable[str] | None = None,
-        spare_workers: int = 1,
+        spare_workers: int = 2,
+        preload_modules: Iterable[str] = (),
         allowed_git_repos: Iterable[str] = (),
         git_cache_dir: str | None = None,
         git_timeout: float = 60.0,
@@ -177,6 +178,9 @@ class ScriptExecutionService:
             are resolved; None allows any file
         :param spare_workers: worker processes kept started and idle, so that a prepare does
             not wait for a process to start
+        :param preload_modules: modules imported once, before any worker is forked, so that
+            a script importing them does not pay for it (e.g. numpy); missing ones are
+            skipped
         :param allowed_git_repos: shell-style patterns that a git script's repository URL
             must match (none: git scripts are refused)
         :param git_cache_dir: where clones and environments are kept (default
@@ -229,6 +233,7 @@ class ScriptExecutionService:
             self._on_pubsub,
             stop_grace=stop_grace,
             spare_workers=spare_workers,
+            preload_modules=preload_modules,
         )
         self._management = ManagementListener(self._supervisor, self._manager.name)
         pub.subscribe(self.handle_wait_for_qa_ready_enable, WAIT_FOR_QA_READY_ENABLE)

@@ -75,10 +75,13 @@ class _Worker:
             pass  # the worker is gone; its sentinel will say so
 
 
-def default_context() -> BaseContext:
-    """The fork-server context, with the worker module preloaded in the fork server."""
+def default_context(preload_modules: Iterable[str] = ()) -> BaseContext:
+    """The fork-server context, with the worker module (and ``preload_modules``: heavy
+    modules scripts commonly import, such as numpy) imported by the fork server, so that
+    every worker starts with them. The fork server ignores a module it cannot import. The
+    list in force is the one given when the fork server starts."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ska_oso_oet.procedure._preload"])
+    ctx.set_forkserver_preload([*preload_modules, "ska_oso_oet.procedure._preload"])
     return ctx
 
 
@@ -285,12 +288,13 @@ class Supervisor:
         *,
         stop_grace: float = 3.0,
         spare_workers: int = 1,
+        preload_modules: Iterable[str] = (),
     ) -> None:
         self._on_state = on_state
         self._on_pubsub = on_pubsub
         self.stop_grace = stop_grace
         self.spare_workers = spare_workers
-        self._ctx = default_context()
+        self._ctx = default_context(preload_modules)
         self._commands: deque[tuple[Any, ...]] = deque()
         self._post_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()

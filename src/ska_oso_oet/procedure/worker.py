@@ -284,11 +284,11 @@ class ScriptWorker:
         self, procedure_id: int, script: GitScript, settings: GitSettings
     ) -> None:
         """Clone the script's repository and make (or wait for) its environment."""
+        self._assign(procedure_id)
+        self.publish_lifecycle(ProcedureState.PREP_ENV)
         from ska_oso_oet.procedure import gitmanager
         from ska_oso_oet.procedure.environment import EnvironmentManager
 
-        self._assign(procedure_id)
-        self.publish_lifecycle(ProcedureState.PREP_ENV)
         self._checkout, commit = gitmanager.checkout(script.git_args, settings)
         manager = EnvironmentManager(base_dir=os.path.join(settings.cache_dir, "envs"))
         pinned = dataclasses.replace(script.git_args, git_commit=commit)

@@ -79,7 +79,13 @@ class ObservationExecutionTool(SKADevice):
         dtype=int, default_value=1, doc="How many procedures may be RUNNING at once"
     )
     SpareWorkers = device_property(
-        dtype=int, default_value=1, doc="Worker processes kept warm for fast prepares"
+        dtype=int, default_value=2, doc="Worker processes kept warm for fast prepares"
+    )
+    PreloadModules = device_property(
+        dtype=(str,),
+        default_value=[],
+        doc="Modules imported once before workers are forked (e.g. numpy), so that scripts "
+        "importing them load fast; read when the first device of the server starts",
     )
     AllowedGitRepositories = device_property(
         dtype=(str,),
@@ -137,6 +143,7 @@ class ObservationExecutionTool(SKADevice):
             max_running=self.MaxRunning,
             script_roots=list(self.ScriptRoots),
             spare_workers=self.SpareWorkers,
+            preload_modules=list(self.PreloadModules),
             allowed_git_repos=list(self.AllowedGitRepositories),
             git_cache_dir=self.GitCacheDirectory or None,
             git_timeout=self.GitTimeout,

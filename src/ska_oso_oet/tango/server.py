@@ -15,6 +15,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 def main(args: list[str] | None = None, **kwargs: object) -> int:
     """Run the server: ``ObservationExecutionTool <instance> [Tango options]``."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # Hand the interpreter lock over sooner: the threads that carry a state change (the
+    # supervisor, the event pusher, Tango's) each hold it only briefly.
+    sys.setswitchinterval(0.0005)
     if args is None and len(sys.argv) > 0 and not sys.argv[0].endswith("ObservationExecutionTool"):
         # started as `python -m ska_oso_oet.tango.server 1`: name the server as the executable
         args = ["ObservationExecutionTool", *sys.argv[1:]]
