@@ -29,19 +29,30 @@ run: $(STAMP)
 	$(BIN)/python -m ska_oso_oet.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy src
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks tools
+	$(BIN)/ruff format src tests benchmarks tools
 
-test: lint
+$(BIN)/helm: | $(STAMP)
+	$(BIN)/python tools/fetch_helm.py $(BIN)/helm
+
+test: lint $(BIN)/helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# PEER_BENCH=path/to/sardana_bench.sh runs the Sardana peer benchmark first, in the same run,
+# and compares with its figures instead of the published ones.
 bench: $(STAMP)
+ifdef PEER_BENCH
+	mkdir -p .oet
+	RESULTS_JSON=$(CURDIR)/.oet/peer-bench.json bash $(PEER_BENCH)
+	SARDANA_RESULTS_JSON=$(CURDIR)/.oet/peer-bench.json $(BIN)/python benchmarks/lifecycle.py
+else
 	$(BIN)/python benchmarks/lifecycle.py
+endif
 
 clean:
 	rm -rf $(VENV) .oet build dist src/*.egg-info

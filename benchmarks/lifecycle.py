@@ -6,7 +6,8 @@
   the harness still works (well under two minutes).
 * ``--json PATH``: also write the results (rows and raw samples) as JSON.
 * env ``SARDANA_RESULTS_JSON``: the JSON written by the peer benchmark
-  (``/work/shared/peers/sardana_bench.sh`` with ``RESULTS_JSON``); its RunMacro -> ON median
+  (Sardana's ``sardana_bench.sh`` with ``RESULTS_JSON``, see ``make bench PEER_BENCH=``); its
+  RunMacro -> ON median
   and MacroServer idle RSS replace the built-in Sardana figures (1.4 ms, 112 MiB).
 
 What it starts, all on 127.0.0.1 and all stopped by PID when it ends (also on Ctrl-C or

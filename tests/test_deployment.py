@@ -441,7 +441,8 @@ def test_server_started_as_the_chart_starts_it_passes_the_health_check(
 
 
 def helm() -> str | None:
-    return os.environ.get("HELM") or shutil.which("helm")
+    beside = pathlib.Path(sys.executable).parent / "helm"  # where `make test` puts it
+    return os.environ.get("HELM") or (str(beside) if beside.exists() else shutil.which("helm"))
 
 
 @pytest.mark.skipif(helm() is None, reason="no helm binary on PATH (or in $HELM)")

@@ -116,6 +116,7 @@ class ObservationExecutionTool(SKADevice):
         self._summary_text: dict[int, str] = {}
         self._states: dict[int, ProcedureState] = {}
         self._summaries_json = "[]"
+        self._shown: tuple[DevState, str] | None = None  # the State and Status last set
         self._events: queue.SimpleQueue[ProcedureSummary | None] = queue.SimpleQueue()
         for name in ("procedureSummaries", "State", "Status"):
             self.set_change_event(name, True, False)
@@ -199,7 +200,8 @@ class ObservationExecutionTool(SKADevice):
                 state, status = DevState.ON, "Ready: no procedure is running"
         healthy = HealthState.OK if self._ses.healthy else HealthState.FAILED
         self.set_health(healthy)
-        if state != self.get_state() or status != self.get_status():
+        if (state, status) != self._shown:
+            self._shown = (state, status)
             self.set_state(state)
             self.set_status(status)
             self.push_change_event("State", state)
