@@ -407,7 +407,7 @@ class ScriptWorker:
             self.event_q.put((EXIT, state.name, stacktrace, killed))
         except Exception:
             pass
-        _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1)
+        _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1, kill=False)
 
 
 def _format_exit(exc: SystemExit) -> str:
@@ -466,8 +466,9 @@ def _become_subreaper() -> None:
         pass  # not Linux: orphans go to init; the process group kill still reaches most
 
 
-def _flush_and_exit(code: int) -> None:
-    kill_descendants()
+def _flush_and_exit(code: int, kill: bool = True) -> None:
+    if kill:
+        kill_descendants()
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
