@@ -551,6 +551,8 @@ class Bench:
             (self.scripts / name).write_text(text)
         wheels = self.tmp / "wheels"
         wheels.mkdir()
+        from ska_oso_oet.testing import make_wheel
+
         wheel = make_wheel(wheels, DEP_NAME)
         self.repo.mkdir(parents=True)
         git(self.repo, "init", "--quiet", "--initial-branch=main")
@@ -1059,32 +1061,6 @@ def git(cwd: pathlib.Path, *args: str) -> str:
     if done.returncode:
         raise BenchError(f"git {args[0]} failed: {done.stderr.strip()}")
     return done.stdout.strip()
-
-
-def make_wheel(directory: pathlib.Path, name: str, version: str = "1.0") -> pathlib.Path:
-    """A pure-Python wheel written by hand (no build tools needed)."""
-    import base64
-    import hashlib
-    import zipfile
-
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f'VALUE = "from {name} {version}"\n',
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: oet-bench\n"
-        "Root-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            data = text.encode()
-            zf.writestr(path, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{path},sha256={digest.decode()},{len(data)}")
-        record.append(f"{dist_info}/RECORD,,")
-        zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
-    return wheel
 
 
 def header() -> str:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib.util
 import socket
 import subprocess
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from ska_oso_oet.procedure.application import (
 )
 from ska_oso_oet.procedure.domain import GitScript, ProcedureInput, ProcedureState
 from ska_oso_oet.procedure.gitmanager import GitArgs
+from ska_oso_oet.testing import make_wheel
 from tests.test_lifecycle import TIMEOUT, states
 
 S = ProcedureState
@@ -59,28 +57,6 @@ def git(cwd: Path, *args: str) -> str:
         capture_output=True,
         text=True,
     ).stdout.strip()
-
-
-def make_wheel(directory: Path, name: str = "localdep", version: str = "1.0") -> Path:
-    """A pure-Python wheel, written by hand so that the tests need no build tools."""
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f'VALUE = "from {name} {version}"\n',
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: oet-tests\n"
-        "Root-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            data = text.encode()
-            zf.writestr(path, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{path},sha256={digest.decode()},{len(data)}")
-        record.append(f"{dist_info}/RECORD,,")
-        zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
-    return wheel
 
 
 class Repo:
