@@ -199,3 +199,22 @@ def test_a_double_forked_daemon_does_not_outlive_its_procedure(ses, recorder, st
     final = ses.wait_for_state(summary.id, FINAL, TIMEOUT)
     assert final.state is (S.STOPPED if stop else S.COMPLETE)
     assert gone(daemon_pid)
+
+
+def test_a_script_that_kills_the_fork_server_harms_no_other_procedure(make_service, recorder):
+    ses = make_service(max_running=2)
+    sleeping = recorder("test.sleeping")
+    other = start_running(ses, "sleeper.py")
+    worker = sleeping.wait(1)[0]["pid"]
+    summary = ses.prepare(PrepareProcessCommand(script("parricide.py"), ProcedureInput()))
+    ses.wait_for_state(summary.id, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(summary.id, "main", ProcedureInput()))
+    assert ses.wait_for_state(summary.id, FINAL, TIMEOUT).state is S.COMPLETE
+    assert ses.summarise([other])[0].state is S.RUNNING
+    assert not gone(worker)
+    ses.stop(StopProcessCommand(other, run_abort=False))
+    assert ses.wait_for_state(other, FINAL, TIMEOUT).state is S.STOPPED
+    assert gone(worker)
+    # new procedures still start: the fork server is started again
+    again = ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
+    assert ses.wait_for_state(again.id, [S.READY, *FINAL], TIMEOUT).state is S.READY

@@ -21,6 +21,7 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import queue
+import select
 import selectors
 import signal
 import threading
@@ -63,6 +64,7 @@ class _Worker:
     snapshot: list[psutil.Process] = dataclasses.field(default_factory=list)
     conn_open: bool = True
     pidfd: int | None = None  # readable the moment the process ends (Linux)
+    sentinel_lost: bool = False  # the fork server died: no exit code will come
     reaped: bool = False
 
     send_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -242,6 +244,10 @@ def confirm_gone(pgid: int, extra: list[psutil.Process], timeout: float) -> bool
         kill_tree(pgid, extra, leader_alive=False)
         time.sleep(delay)  # the kernel is tearing the processes down; poll gently
         delay = min(delay * 2, 0.05)
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -448,10 +454,16 @@ class Supervisor:
                     # The process has ended. When it said why (or was being stopped) nothing
                     # is missing; otherwise wait for the fork server to report its exit code.
                     self._drain(w)
-                    if w.exit_intent is not None or w.stopping:
+                    if w.exit_intent is not None or w.stopping or w.sentinel_lost:
                         exited.append(w)
                     else:
                         self._selector.unregister(key.fileobj)
+                elif w.pidfd is not None and not _readable(w.pidfd):
+                    # The exit report came, but the worker lives: the fork server itself has
+                    # gone (a script may kill its parent). Its pidfd will tell when it ends.
+                    LOGGER.warning("The fork server went away; worker %s lives on", w.os_pid)
+                    w.sentinel_lost = True
+                    self._selector.unregister(key.fileobj)
                 else:
                     exited.append(w)
             while self._commands:
@@ -667,7 +679,8 @@ class Supervisor:
         self._report(pid, state, {"stacktrace": stacktrace, "exitcode": exitcode})
 
     def _forget(self, w: _Worker) -> None:
-        for fileobj in (w.conn.fileno() if w.conn_open else None, w.process.sentinel):
+        sentinel = None if w.sentinel_lost else w.process.sentinel
+        for fileobj in (w.conn.fileno() if w.conn_open else None, sentinel):
             if fileobj is not None:
                 try:
                     self._selector.unregister(fileobj)
