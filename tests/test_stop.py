@@ -218,3 +218,17 @@ def test_a_script_that_kills_the_fork_server_harms_no_other_procedure(make_servi
     # new procedures still start: the fork server is started again
     again = ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
     assert ses.wait_for_state(again.id, [S.READY, *FINAL], TIMEOUT).state is S.READY
+
+
+def test_a_worker_that_reads_nothing_does_not_stall_the_others(ses, recorder):
+    big = recorder("test.big")
+    frozen = ses.prepare(PrepareProcessCommand(script("selfstop.py"), ProcedureInput()))
+    ses.wait_for_state(frozen.id, S.LOADING, TIMEOUT)
+    talker = start_running(ses, "bigpub.py")
+    assert [m["index"] for m in big.wait(5)] == [0, 1, 2, 3, 4]  # 10 MB meant for `frozen`
+    ses.stop(StopProcessCommand(talker, run_abort=False))
+    assert ses.wait_for_state(talker, FINAL, 5).state is S.STOPPED
+    fresh = ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
+    assert ses.wait_for_state(fresh.id, [S.READY, *FINAL], 5).state is S.READY
+    ses.stop(StopProcessCommand(frozen.id, run_abort=False))  # SIGKILL after the grace
+    assert ses.wait_for_state(frozen.id, FINAL, TIMEOUT).state is S.STOPPED

@@ -24,6 +24,8 @@ import queue
 import select
 import selectors
 import signal
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -68,13 +70,59 @@ class _Worker:
     reaped: bool = False
 
     send_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    outbox: bytearray = dataclasses.field(default_factory=bytearray)
+    sock: socket.socket | None = None
 
-    def send(self, msg: tuple[Any, ...]) -> None:
-        try:
-            with self.send_lock:
-                self.conn.send(msg)
-        except (OSError, ValueError):
-            pass  # the worker is gone; its sentinel will say so
+    def send(self, msg: tuple[Any, ...], droppable: bool = False) -> bool:
+        """Queue ``msg`` for the worker without ever blocking (a worker that does not read
+        must not stall the supervisor); True while bytes wait for the worker to read them."""
+        data = _frame(msg)
+        with self.send_lock:
+            if self.sock is None:
+                return False  # the worker is gone; its exit will be reported
+            if droppable and len(self.outbox) > MAX_OUTBOX:
+                LOGGER.warning(
+                    "Worker %s reads nothing: dropped a %s message for it", self.os_pid, msg[0]
+                )
+                return True
+            self.outbox += data
+            return self._write()
+
+    def flush(self) -> bool:
+        """Write what the worker can take now; True while bytes remain."""
+        with self.send_lock:
+            return self._write()
+
+    def _write(self) -> bool:
+        while self.outbox and self.sock is not None:
+            try:
+                sent = self.sock.send(self.outbox, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                self.outbox.clear()
+                return False
+            del self.outbox[:sent]
+        return False
+
+    def close_sock(self) -> None:
+        with self.send_lock:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+            self.outbox.clear()
+
+
+#: Bytes of pub/sub traffic kept for a worker that does not read before more is dropped.
+MAX_OUTBOX = 64 * 1024 * 1024
+
+
+def _frame(msg: tuple[Any, ...]) -> bytes:
+    """``msg`` as multiprocessing's Connection frames it (length prefix, then pickle)."""
+    payload = bytes(reduction.ForkingPickler.dumps(msg))
+    size = len(payload)
+    header = struct.pack("!i", size) if size < 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+    return header + payload
 
 
 def default_context(preload_modules: Iterable[str] = ()) -> BaseContext:
@@ -352,7 +400,8 @@ class Supervisor:
         if w is not None and not w.stopping:
             # Straight down the worker's pipe: a message is not a process operation, and
             # this saves the hop through the supervisor thread.
-            w.send((wk.RUN, fn_name, run_args, context))
+            if w.send((wk.RUN, fn_name, run_args, context)):
+                self._post(("flush", procedure_id))
         else:
             self._post(("run", procedure_id, fn_name, run_args, context))
 
@@ -413,7 +462,8 @@ class Supervisor:
         finally:
             child_conn.close()
         assert proc.pid is not None
-        return _Worker(process=proc, conn=parent_conn, os_pid=proc.pid)
+        sock = socket.fromfd(parent_conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+        return _Worker(process=proc, conn=parent_conn, os_pid=proc.pid, sock=sock)
 
     def _request_launch(self, pid: int) -> None:
         self._launches += 1
@@ -440,7 +490,7 @@ class Supervisor:
         while True:
             events = self._selector.select(self._timeout())
             exited: list[_Worker] = []
-            for key, _mask in events:
+            for key, mask in events:
                 kind, w = key.data
                 if kind == "wake":
                     try:
@@ -449,7 +499,10 @@ class Supervisor:
                     except BlockingIOError:
                         pass
                 elif kind == "conn":
-                    self._drain(w)
+                    if mask & selectors.EVENT_WRITE and not w.flush():
+                        self._want_write(w, False)
+                    if mask & selectors.EVENT_READ:
+                        self._drain(w)
                 elif kind == "ended":
                     # The process has ended. When it said why (or was being stopped) nothing
                     # is missing; otherwise wait for the fork server to report its exit code.
@@ -497,6 +550,10 @@ class Supervisor:
                 self._request_launch(pid)
             else:
                 self._assign(w, pid, msgs)
+        elif tag == "flush":
+            w = self._workers.get(command[1])
+            if w is not None:
+                self._want_write(w, w.flush())
         elif tag == "launched":
             self._adopt(command[1], command[2], command[3])
         elif tag == "run":
@@ -504,7 +561,7 @@ class Supervisor:
             msg = (wk.RUN, fn_name, run_args, context)
             w = self._workers.get(pid)
             if w is not None and not w.stopping:
-                w.send(msg)
+                self._send(w, msg)
             elif pid in self._pending:
                 self._pending[pid][0].append(msg)
         elif tag == "stop":
@@ -559,7 +616,7 @@ class Supervisor:
     def _assign(self, w: _Worker, pid: int, msgs: list[tuple[Any, ...]]) -> None:
         w.procedure_id = pid
         for msg in msgs:
-            w.send(msg)
+            self._send(w, msg)
         self._workers[pid] = w  # only now may other threads send to it directly
 
     def _take_spare(self) -> _Worker | None:
@@ -584,6 +641,7 @@ class Supervisor:
             except (EOFError, OSError):
                 w.conn_open = False
                 self._selector.unregister(w.conn.fileno())
+                w.close_sock()
                 return
             except Exception:
                 LOGGER.exception("Unreadable message from procedure %s", w.procedure_id)
@@ -610,7 +668,17 @@ class Supervisor:
     def _broadcast(self, source: _Worker | None, topic: str, kwargs: dict[str, Any]) -> None:
         for other in self._workers.values():
             if other is not source and not other.stopping:
-                other.send((wk.PUBSUB, topic, kwargs))
+                self._send(other, (wk.PUBSUB, topic, kwargs), droppable=True)
+
+    def _send(self, w: _Worker, msg: tuple[Any, ...], droppable: bool = False) -> None:
+        if w.send(msg, droppable):
+            self._want_write(w, True)
+
+    def _want_write(self, w: _Worker, wanted: bool) -> None:
+        """Watch the worker's pipe for room to write while its outbox holds bytes."""
+        if w.conn_open and not w.reaped:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+            self._selector.modify(w.conn.fileno(), events, ("conn", w))
 
     def _begin_stop(self, w: _Worker) -> None:
         if w.stopping:
@@ -687,6 +755,7 @@ class Supervisor:
                 except (KeyError, ValueError):
                     pass
         w.conn_open = False
+        w.close_sock()
         w.conn.close()
         if w.pidfd is not None:
             try:
