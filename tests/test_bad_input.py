@@ -103,6 +103,7 @@ def test_an_exception_in_main_fails_with_its_stacktrace(ses):
     assert states(final)[-2:] == ["RUNNING", "FAILED"]
     assert "RuntimeError: the telescope is on fire" in final.history.stacktrace
     assert 'failing.py", line' in final.history.stacktrace
+    assert "worker.py" not in final.history.stacktrace  # the script's frames only
     assert_still_serving(ses)
 
 
@@ -211,3 +212,10 @@ def test_misbehaving_functions_that_break_the_worker_fail_it(ses, fn):
     assert final.state is S.FAILED
     assert final.history.stacktrace
     assert_still_serving(ses)
+
+
+def test_a_script_may_use_a_multiprocessing_pool(ses, recorder):
+    told = recorder("test.pool")
+    final = run_to_end(ses, "pool.py")
+    assert final.state is S.COMPLETE, final.history.stacktrace
+    assert told.wait(1)[0]["result"] == [x * x for x in range(10)]

@@ -127,6 +127,7 @@ def test_a_whole_lifecycle_is_seen_by_every_subscriber_in_order(device):
     assert json.loads(device.procedureSummaries)[0]["state"] == "COMPLETE"
     assert json.loads(device.Summarise(json.dumps([pid])))[0]["id"] == pid
     assert json.loads(device.Summarise("")) == json.loads(device.Summarise("[]"))
+    assert json.loads(device.Summarise('""')) == json.loads(device.Summarise(""))
 
 
 def test_device_state_is_running_while_a_script_runs(device):
@@ -195,6 +196,12 @@ def test_stop_with_abort_returns_the_abort_procedure(device):
         ("Stop", '{"id": 5}', "OET_UnknownProcedure", "No procedure with ID 5"),
         ("Summarise", '{"id": 1}', "OET_InvalidRequest", "list of procedure IDs"),
         ("Summarise", "[7]", "OET_UnknownProcedure", "No procedure with ID 7"),
+        ("Summarise", "[true]", "OET_InvalidRequest", "list of procedure IDs"),
+        ("Stop", '{"id": true}', "OET_InvalidRequest", "id"),
+        ("Stop", '{"id": "1"}', "OET_InvalidRequest", "id"),
+        ("Stop", '{"id": 1.0}', "OET_InvalidRequest", "id"),
+        ("Stop", '{"id": 1, "run_abort": "yes"}', "OET_InvalidRequest", "run_abort"),
+        ("Start", '{"id": 1, "force_start": 1}', "OET_InvalidRequest", "force_start"),
     ],
 )
 def test_bad_requests_raise_devfailed_a_person_can_act_on(
@@ -287,7 +294,7 @@ def test_a_bad_configuration_puts_the_device_in_fault():
             proxy.Summarise("")
 
 
-def test_init_ends_every_worker_and_starts_afresh(device, tmp_path):
+def test_init_ends_every_worker_and_starts_afresh(tmp_path):
     import psutil
 
     pid_file = tmp_path / "pid"
@@ -296,20 +303,39 @@ def test_init_ends_every_worker_and_starts_afresh(device, tmp_path):
         f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n\n\n"
         "def main():\n    time.sleep(600)\n"
     )
-    events = SummaryEvents(device)
-    request = {
-        "script": {"script_type": "filesystem", "script_uri": f"file://{tmp_path}/pid_sleeper.py"}
+    properties = {
+        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
+        "StopGracePeriod": 3.0,
+        "MaxRunning": 2,
     }
-    pid = json.loads(device.Prepare(json.dumps(request)))["id"]
-    events.wait_for(pid, {"READY"})
-    start(device, pid)
-    events.wait_for(pid, {"RUNNING"})
-    worker = int(pid_file.read_text())
-    assert psutil.pid_exists(worker)
-    device.Init()
-    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
-    assert json.loads(device.Summarise("")) == []
-    assert device.state() == tango.DevState.ON
+    with DeviceTestContext(
+        ObservationExecutionTool, device_name="oet/executor/1", properties=properties
+    ) as device:
+        events = SummaryEvents(device)
+        uri = f"file://{tmp_path}/pid_sleeper.py"
+        request = {"script": {"script_type": "filesystem", "script_uri": uri}}
+        pid = json.loads(device.Prepare(json.dumps(request)))["id"]
+        events.wait_for(pid, {"READY"})
+        start(device, pid)
+        events.wait_for(pid, {"RUNNING"})
+        worker = int(pid_file.read_text())
+        assert psutil.pid_exists(worker)
+        stubborn = prepare(device, "stubborn.py")["id"]
+        events.wait_for(stubborn, {"READY"})
+        start(device, stubborn)  # it ignores SIGTERM: Init kills it after its short grace
+        events.wait_for(stubborn, {"RUNNING"})
+        assert device.get_timeout_millis() == 3000
+        device.Init()  # returns within the client's 3 s although StopGracePeriod is 3 s
+        assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+        assert json.loads(device.Summarise("")) == []
+        assert device.state() == tango.DevState.ON
+        # subscribers were told how the procedures ended, then that the list starts afresh
+        assert events.wait_for(pid, FINAL)["state"] == "STOPPED"
+        assert events.wait_for(stubborn, FINAL)["state"] == "STOPPED"
+        with events._cond:
+            assert events._cond.wait_for(lambda: events.events[-1] == [], TIMEOUT)
+        # and IDs go on increasing, so that no client sees one ID twice
+        assert prepare(device, "hello.py")["id"] == stubborn + 1
 
 
 def test_git_scripts_through_the_device(tmp_path):

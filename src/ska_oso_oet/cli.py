@@ -86,7 +86,7 @@ def script_uri(text: str, cwd: pathlib.Path | None = None) -> str:
     path = pathlib.Path(text)
     if not path.is_absolute():
         path = (cwd or pathlib.Path.cwd()) / path
-    return f"file://{path}"
+    return f"file://{os.path.normpath(path)}"
 
 
 def prepare_request(

@@ -165,6 +165,7 @@ class ScriptExecutionService:
         install_timeout: float = 600.0,
         installer: str = "auto",
         max_environments: int = 10,
+        first_id: int = 1,
     ) -> None:
         """Create a new ScriptExecutionService.
 
@@ -191,6 +192,8 @@ class ScriptExecutionService:
         :param installer: "uv", "pip" or "auto" (uv when it is installed)
         :param max_environments: environments kept on disk; the least recently used beyond
             this are deleted when not in use
+        :param first_id: the ID of the first procedure (a service that replaces another
+            continues its numbering, so that clients never see an ID twice)
         """
         if installer not in ("auto", "uv", "pip"):
             raise ValueError("installer must be 'auto', 'uv' or 'pip'")
@@ -227,7 +230,9 @@ class ScriptExecutionService:
         self._dispatch_lock = threading.RLock()
         self._wait_for_qa_ready = False
         self._closed = False
-        self._manager = ProcessManager(states=self._states, state_lock=self._lock)
+        self._manager = ProcessManager(
+            states=self._states, state_lock=self._lock, first_id=first_id
+        )
         self._supervisor = Supervisor(
             self._on_state,
             self._on_pubsub,
@@ -462,8 +467,16 @@ class ScriptExecutionService:
 
     # -- life ------------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Stop every procedure and end every process this service started."""
+    @property
+    def next_id(self) -> int:
+        """The ID the next prepared procedure will get."""
+        return self._manager.next_id
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop every procedure and end every process this service started.
+
+        :param grace: seconds each script has after SIGTERM (default: ``stop_grace``)
+        """
         with self._lock:
             if self._closed:
                 return
@@ -475,7 +488,7 @@ class ScriptExecutionService:
             (self.handle_wait_for_qa_ready_disable, WAIT_FOR_QA_READY_DISABLE),
         ):
             pub.unsubscribe(handler, topic)
-        self._supervisor.shutdown()
+        self._supervisor.shutdown(grace=grace)
 
     # -- events from the supervisor (its thread) ---------------------------------------------
 

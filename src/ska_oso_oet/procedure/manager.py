@@ -35,6 +35,7 @@ class ProcessManager:
         self,
         states: dict[int, ProcedureState] | None = None,
         state_lock: threading.RLock | None = None,
+        first_id: int = 1,
     ) -> None:
         """Create a new ProcessManager.
 
@@ -47,7 +48,8 @@ class ProcessManager:
         self._owns_states = states is None
         self.states: dict[int, ProcedureState] = {} if states is None else states
         self._lock = state_lock if state_lock is not None else threading.RLock()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)
+        self.next_id = first_id
         if self._owns_states:
             pub.subscribe(self._on_statechange, STATECHANGE_TOPIC)
 
@@ -69,6 +71,7 @@ class ProcessManager:
         once, its state CREATING."""
         with self._lock:
             pid = next(self._ids)
+            self.next_id = pid + 1
             self.states[pid] = ProcedureState.CREATING
         pub.sendMessage(
             CREATE_TOPIC,

@@ -47,6 +47,9 @@ LOGGER = logging.getLogger(__name__)
 
 #: How long to wait for a killed process group to disappear before reporting UNKNOWN.
 KILL_CONFIRM_TIMEOUT = 5.0
+#: Tries to start one worker process before giving up; then spares pause this long (s).
+LAUNCH_ATTEMPTS = 3
+SPARE_RETRY_DELAY = 5.0
 
 StateCallback = Callable[[int, ProcedureState, float, dict[str, Any] | None], None]
 PubSubCallback = Callable[[int | None, str, dict[str, Any]], None]
@@ -363,6 +366,7 @@ class Supervisor:
         self._launch_q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._launches = 0  # launch requests not yet answered
         self._spare_launches = 0
+        self._spares_paused_until = 0.0
         self._closing = False
         self._closed = False
         self._thread = threading.Thread(target=self.main_loop, name="oet-supervisor", daemon=True)
@@ -412,11 +416,12 @@ class Supervisor:
         """Pass a pub/sub message from the service's process to every worker."""
         self._post(("publish", topic, kwargs))
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop every worker (as a Stop would) and end the supervisor thread."""
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop every worker (as a Stop would, with ``grace`` seconds between SIGTERM and
+        SIGKILL if given) and end the supervisor thread."""
         if self._thread.is_alive():
-            self._post(("shutdown",))
-            self._thread.join(timeout if timeout is not None else self.stop_grace + 10)
+            self._post(("shutdown", grace))
+            self._thread.join((grace if grace is not None else self.stop_grace) + 10)
 
     @property
     def running(self) -> bool:
@@ -439,13 +444,20 @@ class Supervisor:
             pid = self._launch_q.get()
             if pid is None:
                 return
-            try:
-                w = self._launch()
-            except Exception as exc:
-                LOGGER.exception("Could not start a worker process")
-                self._post_quiet(("launched", pid, None, exc))
+            for attempt in range(LAUNCH_ATTEMPTS):
+                try:
+                    w = self._launch()
+                except Exception as exc:
+                    # e.g. the fork server died mid-launch; the next attempt starts a new one
+                    LOGGER.warning("Could not start a worker process (%r)", exc)
+                    error: BaseException = exc
+                    time.sleep(0.05 * (attempt + 1))
+                else:
+                    self._post_quiet(("launched", pid, w, None))
+                    break
             else:
-                self._post_quiet(("launched", pid, w, None))
+                LOGGER.error("Could not start a worker process: %r", error)
+                self._post_quiet(("launched", pid, None, error))
 
     def _post_quiet(self, command: tuple[Any, ...]) -> None:
         try:
@@ -532,6 +544,8 @@ class Supervisor:
 
     def _timeout(self) -> float | None:
         deadlines = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        if self._spares_paused_until > time.monotonic():
+            deadlines.append(self._spares_paused_until)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -575,6 +589,8 @@ class Supervisor:
             self._broadcast(None, command[1], command[2])
         elif tag == "shutdown":
             self._closing = True
+            if command[1] is not None:
+                self.stop_grace = command[1]
             self._launch_q.put(None)
             for _msgs, stop_requested in self._pending.values():
                 stop_requested[0] = True
@@ -590,10 +606,13 @@ class Supervisor:
         if w is None:
             if pid >= 0:
                 del self._pending[pid]
-                self._report(pid, ProcedureState.FAILED, {"stacktrace": repr(error)})
+                self._report(
+                    pid,
+                    ProcedureState.FAILED,
+                    {"stacktrace": f"Could not start a worker process: {error!r}"},
+                )
             else:
-                LOGGER.error("Spare worker processes are disabled: %s", error)
-                self.spare_workers = 0
+                self._spares_paused_until = time.monotonic() + SPARE_RETRY_DELAY
             return
         self._selector.register(w.conn.fileno(), selectors.EVENT_READ, ("conn", w))
         self._selector.register(w.process.sentinel, selectors.EVENT_READ, ("exit", w))
@@ -627,6 +646,8 @@ class Supervisor:
         return None
 
     def _top_up_spares(self) -> None:
+        if time.monotonic() < self._spares_paused_until:
+            return  # starting spares failed just now: try again later
         while len(self._spares) + self._spare_launches < self.spare_workers:
             self._request_launch(-1)
 

@@ -33,7 +33,8 @@ class RequestError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: an ID must be an integer (not true, "1" or 1.0), a flag a boolean
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class FunctionArgs(_Strict):
@@ -153,13 +154,13 @@ def _describe(exc: ValidationError) -> str:
 
 def _parse(model: type[_Strict], text: str, example: str) -> Any:
     try:
-        data = json.loads(text)
+        json.loads(text)
     except (json.JSONDecodeError, TypeError) as exc:
         raise RequestError(
             f"The request is not valid JSON ({exc}); expected e.g. {example}"
         ) from None
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(text)
     except ValidationError as exc:
         raise RequestError(f"Invalid request: {_describe(exc)}; expected e.g. {example}") from None
 
@@ -195,6 +196,8 @@ def parse_ids(text: str) -> list[int] | None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RequestError(f"Expected a JSON list of procedure IDs, e.g. [1, 2] ({exc})") from None
+    if data == "":
+        return None  # the JSON text "" means every procedure, as an empty argument does
     if isinstance(data, int) and not isinstance(data, bool):
         data = [data]
     if not isinstance(data, list) or not all(

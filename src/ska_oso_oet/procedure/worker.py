@@ -214,7 +214,7 @@ class ScriptWorker:
         except BaseException as exc:
             if self.run_state is not None:
                 self.run_state.exception = exc
-            self._exit(ProcedureState.FAILED, traceback.format_exc())
+            self._exit(ProcedureState.FAILED, user_traceback(exc))
 
     def main_loop(self) -> None:
         """Deliver each message received on the work queue to :meth:`main_func`.
@@ -411,7 +411,25 @@ class ScriptWorker:
 
 
 def _format_exit(exc: SystemExit) -> str:
-    return f"The script called sys.exit({exc.code!r})\n" + "".join(traceback.format_exception(exc))
+    return f"The script called sys.exit({exc.code!r})\n" + user_traceback(exc)
+
+
+_OWN_CODE = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` from the script's first frame on: the worker's own frames and
+    the import machinery's before it say nothing to the script's author. An error in the
+    worker itself keeps every frame."""
+    tb = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename.startswith(_OWN_CODE)
+        or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
+    ):
+        tb = tb.tb_next
+    if tb is None and isinstance(exc, SyntaxError):
+        return "".join(traceback.format_exception_only(type(exc), exc))  # file, line, caret
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 def _children(pid: int) -> list[int]:
@@ -484,6 +502,12 @@ def worker_process_main(conn: Connection, name: str) -> None:
     # a Ctrl-C meant for the server's terminal does not reach the script.
     os.setpgid(0, 0)
     _become_subreaper()
+    # A script's own multiprocessing (e.g. a Pool) forks the worker, as it would fork a
+    # plain Python process on Linux: its children then have the script's module, which no
+    # other process could import by name.
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork", force=True)
     try:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):

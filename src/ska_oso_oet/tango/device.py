@@ -30,6 +30,9 @@ LOGGER = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Most seconds a script has after SIGTERM when Init or shutdown stops it.
+INIT_GRACE = 2.0
+
 
 def _throw(reason: str, desc: str, origin: str) -> None:
     tango.Except.throw_exception(reason, desc, origin)
@@ -60,6 +63,8 @@ def translate_errors(fn: F) -> F:
 
 class ObservationExecutionTool(SKADevice):
     """Runs observing scripts, each in its own supervised process."""
+
+    _next_id = 1  # procedure IDs go on increasing across Init
 
     ScriptRoots = device_property(
         dtype=(str,),
@@ -134,6 +139,9 @@ class ObservationExecutionTool(SKADevice):
         self._pusher.start()
         self._ses.add_listener(self._events.put)
         self._update_state()
+        # after an Init: tell subscribers that the list starts afresh
+        self.push_change_event("procedureSummaries", self._summaries_json)
+        self.push_archive_event("procedureSummaries", self._summaries_json)
 
     def _make_service(self) -> ScriptExecutionService:
         abort = FileSystemScript(self.AbortScript) if self.AbortScript else None
@@ -144,6 +152,7 @@ class ObservationExecutionTool(SKADevice):
             max_running=self.MaxRunning,
             script_roots=list(self.ScriptRoots),
             spare_workers=self.SpareWorkers,
+            first_id=self._next_id,
             preload_modules=list(self.PreloadModules),
             allowed_git_repos=list(self.AllowedGitRepositories),
             git_cache_dir=self.GitCacheDirectory or None,
@@ -152,11 +161,25 @@ class ObservationExecutionTool(SKADevice):
         )
 
     def delete_device(self) -> None:
+        """Init and server shutdown: stop every procedure and push their final states.
+
+        Scripts get at most INIT_GRACE seconds after SIGTERM here, so that Init returns
+        within a client's default timeout. The final states are pushed from this thread: the
+        event thread cannot push while Init holds the device.
+        """
         ses, self._ses = self._ses, None
         if ses is not None:
-            ses.shutdown()
             self._events.put(None)
             self._pusher.join(5)
+            ses.shutdown(grace=min(self.StopGracePeriod, INIT_GRACE))
+            self._next_id = ses.next_id
+            while not self._events.empty():
+                summary = self._events.get()
+                if summary is not None:
+                    try:
+                        self._publish(summary)
+                    except Exception:
+                        LOGGER.exception("Pushing the end of procedure %s failed", summary.id)
         super().delete_device()
 
     # -- events --------------------------------------------------------------------------------
