@@ -5,10 +5,9 @@
 * ``--quick`` (or env ``BENCH_QUICK=1``): a few iterations of everything, to prove in CI that
   the harness still works (well under two minutes).
 * ``--json PATH``: also write the results (rows and raw samples) as JSON.
-* env ``SARDANA_RESULTS_JSON``: the JSON written by the peer benchmark
-  (Sardana's ``sardana_bench.sh`` with ``RESULTS_JSON``, see ``make bench PEER_BENCH=``); its
-  RunMacro -> ON median
-  and MacroServer idle RSS replace the built-in Sardana figures (1.4 ms, 112 MiB).
+* env ``SARDANA_RESULTS_JSON``: the JSON written by the peer benchmark (Sardana's
+  ``sardana_bench.sh`` with ``RESULTS_JSON``, see ``make bench PEER_BENCH=``); its RunMacro ->
+  ON median and MacroServer idle RSS replace the built-in Sardana figures (1.4 ms, 112 MiB).
 
 What it starts, all on 127.0.0.1 and all stopped by PID when it ends (also on Ctrl-C or
 SIGTERM): a PyDatabaseds (sqlite in a temporary directory), the real
