@@ -327,6 +327,14 @@ def test_tango_db_loads_into_pytango_db(tango_db: str) -> None:
     assert props["ScriptRoots"] == [str(REPO / "scripts")]
     assert props["AbortScript"] == [f"file://{REPO}/scripts/abort.py"]
     assert run.register(config, tango_db) == []  # idempotent
+    # emptying a list in tango-db/ (say, to revoke git scripts) removes it from the database
+    host, port = run.parse_tango_host(tango_db)
+    db = tango.Database(host, port)
+    db.put_device_property("oet/executor/2", {"AllowedGitRepositories": ["file:///x/*"]})
+    assert run.register(config, tango_db) == [
+        ("delete_device_property", ("oet/executor/2", ["AllowedGitRepositories"]), {})
+    ]
+    assert read_back(tango_db, config) == config
 
 
 def script_env(tango_host: str) -> dict[str, str]:
@@ -356,7 +364,7 @@ def test_chart_job_and_init_container_scripts(tango_db: str, tmp_path: pathlib.P
     def job() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["sh", str(CHART / "files" / "dsconfig.sh"), str(path)],
-            env={**env, "DSCONFIG_TIMEOUT": "30"},
+            env={**env, "DSCONFIG_TIMEOUT": "30", "TMPDIR": str(tmp_path)},  # its backups
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -376,6 +384,21 @@ def test_chart_job_and_init_container_scripts(tango_db: str, tmp_path: pathlib.P
     tango.Database(host, port).put_device_property("oet/executor/3", {"MaxRunning": ["7"]})
     stale = wait_for("3", "0.5")
     assert stale.returncode == 1 and "MaxRunning" in stale.stderr, stale
+
+    # a list the configuration empties is removed from the database, not left as it was
+    allowed = "AllowedGitRepositories"
+    assert (
+        config["servers"][run.SERVER]["3"][run.SERVER]["oet/executor/3"]["properties"][allowed]
+        == []
+    )
+    tango.Database(host, port).put_device_property("oet/executor/3", {allowed: ["file:///x/*"]})
+    revoked = job()
+    assert revoked.returncode == 0 and f"removed oet/executor/3/{allowed}" in revoked.stdout
+    assert (
+        list(tango.Database(host, port).get_device_property("oet/executor/3", [allowed])[allowed])
+        == []
+    )
+    assert wait_for("3", "10").returncode == 0
 
 
 def listening(pid: int) -> set[tuple[str, int]]:

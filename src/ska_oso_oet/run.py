@@ -196,7 +196,25 @@ def register(
     db = tango.Database(host, port)
     prepared = prepare_config(copy.deepcopy(dict(config)))
     _, _, dbcalls, *_ = apply_config(prepared, db, write=True, update=True)
-    return list(dbcalls)
+    return list(dbcalls) + clear_emptied(config, db)
+
+
+def clear_emptied(config: Mapping[str, Any], db: Any) -> list[Any]:
+    """Delete the device properties that ``config`` lists as empty (``[]``).
+
+    dsconfig's update mode leaves them as they were, so emptying a list in tango-db/oet.json
+    (say AllowedGitRepositories, to revoke git scripts) would otherwise change nothing.
+    """
+    calls: list[Any] = []
+    for instances in config["servers"].values():
+        for classes in instances.values():
+            for devices in classes.values():
+                for name, device in devices.items():
+                    for prop, values in device.get("properties", {}).items():
+                        if values == [] and list(db.get_device_property(name, [prop])[prop]):
+                            db.delete_device_property(name, [prop])
+                            calls.append(("delete_device_property", (name, [prop]), {}))
+    return calls
 
 
 def start_server(

@@ -9,8 +9,15 @@ while :; do
     json2tango -w -a -u "$config"
     rc=$?
     case $rc in
-        0) echo "dsconfig: the Tango database at $TANGO_HOST already had this configuration"; exit 0 ;;
-        2) echo "dsconfig: configuration written to the Tango database at $TANGO_HOST"; exit 0 ;;
+        0|2)
+            # -u leaves properties the configuration empties ([]): delete those too
+            python3 "$(dirname "$0")/clear_emptied.py" "$config" || exit 1
+            if [ "$rc" = 0 ]; then
+                echo "dsconfig: the Tango database at $TANGO_HOST already had this configuration"
+            else
+                echo "dsconfig: configuration written to the Tango database at $TANGO_HOST"
+            fi
+            exit 0 ;;
     esac
     if [ "$(date +%s)" -ge "$deadline" ]; then
         echo "dsconfig: json2tango failed with exit status $rc; giving up" >&2
