@@ -300,6 +300,10 @@ def test_a_script_missing_from_the_repository_fails_clearly(git_ses, repo):
         ({"git_repo": "-uhttps://x"}, "not an acceptable repository URL"),
         ({"git_repo": "ext::sh -c touch% /tmp/pwned"}, "not an acceptable repository URL"),
         ({"git_repo": "/local/path"}, "must be an https://"),
+        ({"git_repo": "REPO/../elsewhere"}, "must not contain '.' or '..'"),
+        ({"git_repo": "REPO/%2e%2e/elsewhere"}, "must not contain"),
+        ({"git_repo": "REPO/./x"}, "must not contain"),
+        ({"git_repo": "REPO?x=1"}, "must not contain"),
         ({"git_branch": "--upload-pack=touch /tmp/pwned"}, "not a valid branch name"),
         ({"git_branch": "a..b"}, "not a valid branch name"),
         ({"git_commit": "-c"}, "must be a commit hash"),
@@ -310,6 +314,7 @@ def test_bad_repositories_and_arguments_are_refused_before_any_git_command(
     git_ses, repo, tmp_path, git_args, message
 ):
     args = {"git_repo": repo.url, **git_args}
+    args["git_repo"] = args["git_repo"].replace("REPO", repo.url)
     with pytest.raises(ScriptRejectedError, match=message):
         git_ses().prepare(
             PrepareProcessCommand(GitScript("git://scripts/plain.py", git_args=GitArgs(**args)))

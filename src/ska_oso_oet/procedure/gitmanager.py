@@ -58,6 +58,7 @@ _COMMIT = re.compile(r"[0-9a-fA-F]{7,40}")
 _BRANCH_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 _URL_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
 _SCHEMES = ("https://", "http://", "ssh://", "git://", "file://")
+_ENCODED = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 _SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~-]+")
 GIT_PROTOCOLS = "file:git:http:https:ssh"
 
@@ -72,6 +73,22 @@ def check_repository_url(url: str) -> None:
         raise ValueError(
             f"git_repo {url!r} must be an https://, http://, ssh://, git:// or file:// URL "
             "(or user@host:path)"
+        )
+    # git and curl resolve dot segments, so "allowed/../elsewhere" would match an allowed
+    # pattern yet fetch from elsewhere: refuse them, and their encoded forms
+    if "://" in url:
+        authority_and_path = url.split("://", 1)[1]
+        path = authority_and_path.split("/", 1)[1] if "/" in authority_and_path else ""
+    else:  # user@host:path
+        path = url.split(":", 1)[1]
+    if (
+        any(segment in (".", "..") for segment in path.split("/"))
+        or _ENCODED.search(url)
+        or any(c in url for c in "\\?#")
+    ):
+        raise ValueError(
+            f"git_repo {url!r} must not contain '.' or '..' path segments, encoded dots or "
+            "slashes, '?', '#' or '\\'"
         )
 
 
@@ -107,8 +124,8 @@ def check_git_args(args: GitArgs, allowed: Iterable[str]) -> None:
     if not any(fnmatch.fnmatchcase(args.git_repo, p) for p in patterns):
         listed = ", ".join(patterns) if patterns else "none are configured"
         raise PermissionError(
-            f"Repository {args.git_repo} is not an allowed script source "
-            f"(allowed repositories: {listed})"
+            f"Repository {args.git_repo} is not an allowed script source (allowed "
+            f"repositories, the device property AllowedGitRepositories: {listed})"
         )
 
 
