@@ -16,6 +16,7 @@ from ska_oso_oet.procedure.application import (
     PrepareProcessCommand,
     ScriptRejectedError,
     StartProcessCommand,
+    StopProcessCommand,
 )
 from ska_oso_oet.procedure.domain import GitScript, ProcedureInput, ProcedureState
 from ska_oso_oet.procedure.gitmanager import GitArgs
@@ -80,6 +81,7 @@ class Repo:
         self.url = f"file://{self.path}"
 
     def commit(self, path: str, text: str) -> None:
+        (self.path / path).parent.mkdir(parents=True, exist_ok=True)
         (self.path / path).write_text(text)
         git(self.path, "add", "-A")
         git(self.path, "commit", "--quiet", "-m", f"change {path}")
@@ -131,6 +133,12 @@ def test_a_git_script_without_environment_completes(git_ses, repo, recorder):
 def test_branch_and_commit_pick_the_version(git_ses, repo, recorder):
     told = recorder("test.git")
     ses = git_ses()
+    feature = ses.prepare(
+        PrepareProcessCommand(repo.script("scripts/plain.py", git_branch="feature"))
+    )
+    loaded = ses.wait_for_state(feature.id, S.READY, TIMEOUT).script.git_args
+    assert (loaded.git_branch, loaded.git_commit) == ("feature", repo.feature)  # recorded
+    ses.stop(StopProcessCommand(feature.id, run_abort=False))
     run_script(ses, repo.script("scripts/plain.py", git_branch="feature"))
     run_script(ses, repo.script("scripts/plain.py", git_commit=repo.first))
     run_script(ses, repo.script("scripts/plain.py", git_commit=repo.second[:10]))
@@ -363,3 +371,27 @@ def test_an_environment_in_use_is_not_deleted(git_ses, repo, tmp_path):
     (name,) = [p.name for p in envs.iterdir() if p.is_dir()]
     with pytest.raises(RuntimeError, match="in use"):
         EnvironmentManager(base_dir=str(envs)).delete_env(name)
+
+
+def test_requirements_may_include_files_and_relative_paths_of_the_repository(
+    git_ses, tmp_path, recorder
+):
+    told = recorder("test.git")
+    repo = Repo(tmp_path, "-r requirements/base.txt")
+    (repo.path / "wheels").mkdir()
+    make_wheel(repo.path / "wheels")
+    repo.commit("requirements/base.txt", "./wheels/localdep-1.0-py3-none-any.whl\n")
+    _, stacktrace = run_script(git_ses(), repo.script("scripts/uses_dep.py", create_env=True))
+    assert stacktrace is None
+    assert told.wait(1)[0]["value"] == "from localdep 1.0"
+
+
+def test_a_dependency_clashing_with_the_server_says_why(git_ses, tmp_path):
+    repo = Repo(tmp_path, "psutil<1")  # the server has a newer psutil
+    ses = git_ses()
+    summary = ses.prepare(
+        PrepareProcessCommand(repo.script("scripts/uses_dep.py", create_env=True))
+    )
+    final = ses.wait_for_state(summary.id, FINAL, 60)
+    assert final.state is S.FAILED
+    assert "held at the server's version" in final.history.stacktrace

@@ -515,6 +515,11 @@ class ScriptExecutionService:
                     rec.history.stacktrace = info["stacktrace"]
                 if "functions" in info:
                     rec.functions = list(info["functions"])
+                if info.get("git_commit") and isinstance(rec.script, GitScript):
+                    git_args = dataclasses.replace(
+                        rec.script.git_args, git_commit=info["git_commit"]
+                    )
+                    rec.script = dataclasses.replace(rec.script, git_args=git_args)
             if state.is_final or (state is ProcedureState.READY and old is ProcedureState.RUNNING):
                 rec.claims_run = False
             self._outbox.append((pid, state, self._summary(pid)))

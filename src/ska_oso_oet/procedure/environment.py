@@ -188,20 +188,24 @@ def _run(cmd: list[str], what: str, timeout: float, cwd: str) -> str:
     return done.stdout
 
 
-def requirements_of(checkout: str) -> list[str]:
-    """The repository's dependencies: requirements.txt, else pyproject's [project] list."""
+def requirements_file(checkout: str, scratch: str) -> str | None:
+    """The file that lists the repository's dependencies: its own requirements.txt (so that
+    its ``-r``/``-c`` includes and relative paths resolve), else a file written to
+    ``scratch`` from pyproject's ``[project] dependencies``; None when it declares none."""
     req_txt = os.path.join(checkout, "requirements.txt")
     if os.path.isfile(req_txt):
-        with open(req_txt) as f:
-            return [
-                line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")
-            ]
+        return req_txt
     pyproject = os.path.join(checkout, "pyproject.toml")
     if os.path.isfile(pyproject):
         with open(pyproject, "rb") as f:
             data = tomllib.load(f)
-        return list(data.get("project", {}).get("dependencies", []))
-    return []
+        dependencies = list(data.get("project", {}).get("dependencies", []))
+        if dependencies:
+            path = os.path.join(scratch, "oet-requirements.txt")
+            with open(path, "w") as f:
+                f.write("\n".join(dependencies) + "\n")
+            return path
+    return None
 
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -222,7 +226,6 @@ def server_packages() -> dict[str, str]:
 
 
 def _build(env: Environment, checkout: str, settings: GitSettings) -> None:
-    requirements = requirements_of(checkout)
     installer = settings.installer
     uv = find_uv() if installer in ("auto", "uv") else None
     if installer == "uv" and uv is None:
@@ -239,11 +242,9 @@ def _build(env: Environment, checkout: str, settings: GitSettings) -> None:
     os.makedirs(env.site_packages, exist_ok=True)
     with open(os.path.join(env.site_packages, "_oet_server.pth"), "w") as f:
         f.write("\n".join(server_paths) + "\n")
-    if not requirements:
+    req_file = requirements_file(checkout, env.location)
+    if req_file is None:
         return
-    req_file = os.path.join(env.location, "oet-requirements.txt")
-    with open(req_file, "w") as f:
-        f.write("\n".join(requirements) + "\n")
     env_python = os.path.join(env.location, "bin", "python")
     if uv is None:
         _run([sys.executable, "-m", "pip", "--python", env_python, "install", "--quiet",
@@ -254,11 +255,18 @@ def _build(env: Environment, checkout: str, settings: GitSettings) -> None:
     constraints = os.path.join(env.location, "oet-server-constraints.txt")
     with open(constraints, "w") as f:
         f.write("".join(f"{n}=={v}\n" for n, v in sorted(have.items())))
-    pinned = _run(
-        [uv, "pip", "compile", "--quiet", "--no-header", "--python", sys.executable,
-         "--constraint", constraints, req_file],
-        "Resolving the dependencies (uv pip compile)", timeout, checkout,
-    )  # fmt: skip
+    try:
+        pinned = _run(
+            [uv, "pip", "compile", "--quiet", "--no-header", "--python", sys.executable,
+             "--constraint", constraints, req_file],
+            "Resolving the dependencies (uv pip compile)", timeout, checkout,
+        )  # fmt: skip
+    except EnvironmentBuildError as exc:
+        raise EnvironmentBuildError(
+            f"{exc}\n(Every package the OET server already has is held at the server's "
+            "version, e.g. pytango and numpy: a script's environment adds packages, it does "
+            "not replace the server's.)"
+        ) from None
     missing = []
     for line in pinned.splitlines():
         line = line.strip()

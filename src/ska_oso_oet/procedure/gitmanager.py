@@ -170,7 +170,8 @@ def run_git(args: list[str], repo: str, timeout: float, cwd: str | None = None) 
             "(is the repository reachable from here?)"
         ) from None
     if proc.returncode != 0:
-        cause = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+        lines = [line.strip() for line in err.strip().splitlines() if line.strip()]
+        cause = " ".join(lines[-6:]) if lines else f"exit code {proc.returncode}"
         raise GitError(f"git {args[0]} of repository {repo} failed: {cause}")
     return out
 
@@ -210,16 +211,23 @@ def log_event(settings: GitSettings, text: str) -> None:
 
 
 def checkout(args: GitArgs, settings: GitSettings) -> tuple[str, str]:
-    """A checkout of the commit ``args`` names, cloned once and cached: (directory, commit)."""
+    """A checkout of the commit ``args`` names, cloned once and cached: (directory, commit).
+
+    A cached commit is used without waiting for anything (checkouts appear by an atomic
+    rename); clones of one commit are serialised by a lock of that commit only, so a slow
+    clone of one commit never holds up another.
+    """
     check_repository_url(args.git_repo)
     commit = resolve_commit(args, settings.git_timeout)
+    want = (commit or str(args.git_commit)).lower()
     repo_dir = os.path.join(settings.cache_dir, "clones", repository_key(args.git_repo))
     os.makedirs(repo_dir, exist_ok=True)
-    with file_lock(os.path.join(repo_dir, ".lock")):
-        found = _cached(repo_dir, commit or str(args.git_commit))
+    found = _use_cached(repo_dir, want)
+    if found is not None:
+        return found, os.path.basename(found)
+    with file_lock(os.path.join(repo_dir, f".lock-{want}")):
+        found = _use_cached(repo_dir, want)
         if found is not None:
-            os.utime(found)
-            hold(found)
             return found, os.path.basename(found)
         tmp = tempfile.mkdtemp(prefix=".clone-", dir=repo_dir)
         try:
@@ -228,23 +236,38 @@ def checkout(args: GitArgs, settings: GitSettings) -> tuple[str, str]:
                 args.git_repo,
                 settings.git_timeout,
             )
-            want = commit or str(args.git_commit)
             run_git(
                 ["checkout", "--quiet", "--detach", want, "--"],
                 args.git_repo,
                 settings.git_timeout,
                 cwd=tmp,
             )
-            full = run_git(["rev-parse", "HEAD"], args.git_repo, settings.git_timeout, cwd=tmp)
-            final = os.path.join(repo_dir, full.strip())
+            full = run_git(
+                ["rev-parse", "HEAD"], args.git_repo, settings.git_timeout, cwd=tmp
+            ).strip()
+            final = os.path.join(repo_dir, full)
+            hold(final)  # before it appears, so that no pruning can take it
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log_event(settings, f"clone {args.git_repo} {full.strip()}")
-        hold(final)
+    log_event(settings, f"clone {args.git_repo} {full}")
+    with file_lock(os.path.join(repo_dir, ".lock")):
         prune(repo_dir, settings.max_clones)
-    return final, full.strip()
+    return final, full
+
+
+def _use_cached(repo_dir: str, commit: str) -> str | None:
+    """The cached checkout of ``commit``, marked in use; None if there is none."""
+    found = _cached(repo_dir, commit)
+    if found is None:
+        return None
+    hold(found)
+    if not os.path.isdir(found):  # pruned just before the hold
+        os.close(_held.pop())
+        return None
+    os.utime(found)
+    return found
 
 
 def _cached(repo_dir: str, commit: str) -> str | None:

@@ -194,6 +194,7 @@ class ScriptWorker:
         self._local = threading.local()
         self._os_pid = os.getpid()
         self._checkout: str | None = None
+        self._commit: str | None = None
         self.term_handler = functools.partial(script_signal_handler, self._signals, StopScript)
 
     # -- the two threads ---------------------------------------------------------------------
@@ -267,7 +268,10 @@ class ScriptWorker:
         if isinstance(script, GitScript):
             local_path = self._git_script_path(script, git_settings)
         self.module = ModuleFactory.get_module(script, path=local_path)
-        self.publish_lifecycle(ProcedureState.IDLE)
+        # a git script's summary records the commit that was loaded, whatever was asked for
+        self.publish_lifecycle(
+            ProcedureState.IDLE, {"git_commit": self._commit} if self._commit else None
+        )
         init = getattr(self.module, "init", None)
         if callable(init):
             self.publish_lifecycle(ProcedureState.INITIALISING)
@@ -290,6 +294,7 @@ class ScriptWorker:
         from ska_oso_oet.procedure.environment import EnvironmentManager
 
         self._checkout, commit = gitmanager.checkout(script.git_args, settings)
+        self._commit = commit
         manager = EnvironmentManager(base_dir=os.path.join(settings.cache_dir, "envs"))
         pinned = dataclasses.replace(script.git_args, git_commit=commit)
         env = manager.ensure_installed(manager.create_env(pinned), self._checkout, settings)
@@ -303,7 +308,7 @@ class ScriptWorker:
         if self._checkout is None:
             if settings is None:
                 raise ValueError("No git settings were given for a git script")
-            self._checkout, _ = gitmanager.checkout(script.git_args, settings)
+            self._checkout, self._commit = gitmanager.checkout(script.git_args, settings)
         root = os.path.realpath(self._checkout)
         path = os.path.realpath(os.path.join(root, script.path))
         if os.path.commonpath([path, root]) != root:

@@ -109,6 +109,11 @@ class ObservationExecutionTool(SKADevice):
     MaxEnvironments = device_property(
         dtype=int, default_value=10, doc="Script environments kept on disk"
     )
+    EnvironmentTimeout = device_property(
+        dtype=float,
+        default_value=600.0,
+        doc="Seconds the installation of a git script's environment may take",
+    )
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class ObservationExecutionTool(SKADevice):
             allowed_git_repos=list(self.AllowedGitRepositories),
             git_cache_dir=self.GitCacheDirectory or None,
             git_timeout=self.GitTimeout,
+            install_timeout=self.EnvironmentTimeout,
             max_environments=self.MaxEnvironments,
         )
 
