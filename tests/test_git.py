@@ -395,3 +395,24 @@ def test_a_dependency_clashing_with_the_server_says_why(git_ses, tmp_path):
     final = ses.wait_for_state(summary.id, FINAL, 60)
     assert final.state is S.FAILED
     assert "held at the server's version" in final.history.stacktrace
+
+
+def test_a_cached_commit_does_not_wait_for_a_clone_of_another(git_ses, repo, tmp_path, recorder):
+    from ska_oso_oet.procedure.gitmanager import file_lock, repository_key
+
+    told = recorder("test.git")
+    ses = git_ses()
+    run_script(ses, repo.script("scripts/plain.py", git_commit=repo.first))  # now cached
+    repo_dir = tmp_path / "cache" / "clones" / repository_key(repo.url)
+    # another process is cloning the second commit (and holds the repository's pruning lock)
+    with file_lock(str(repo_dir / ".lock")), file_lock(str(repo_dir / f".lock-{repo.second}")):
+        cached = ses.prepare(
+            PrepareProcessCommand(repo.script("scripts/plain.py", git_commit=repo.first))
+        )
+        assert ses.wait_for_state(cached.id, [S.READY, *FINAL], 5).state is S.READY
+        waiting = ses.prepare(
+            PrepareProcessCommand(repo.script("scripts/plain.py", git_commit=repo.second))
+        )
+        ses.wait_for_state(waiting.id, S.LOADING, 5)
+    assert ses.wait_for_state(waiting.id, [S.READY, *FINAL], TIMEOUT).state is S.READY
+    assert told.wait(1)[0]["value"] == "first"
