@@ -211,13 +211,27 @@ class ObservationExecutionTool(SKADevice):
                 del self._summary_text[pid]
                 del self._states[pid]
         self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
-        self._update_state()  # first, so that a client reacting to the event sees it
+        # State is set first, so that a client reacting to the event reads the new one; the
+        # change event goes out before anything else, for it is what clients wait for
+        changed = self._set_state()
         self.push_change_event("procedureSummaries", self._summaries_json)
         self.push_archive_event("procedureSummaries", self._summaries_json)
+        if changed:
+            self._push_state()
 
     def _update_state(self) -> None:
+        if self._set_state():
+            self._push_state()
+
+    def _push_state(self) -> None:
+        assert self._shown is not None
+        self.push_change_event("State", self._shown[0])
+        self.push_change_event("Status", self._shown[1])
+
+    def _set_state(self) -> bool:
+        """Set State and Status from the procedures and adminMode; True if they changed."""
         if self._ses is None:
-            return
+            return False
         if self._admin_mode not in ACCEPTING_MODES:
             state, status = DevState.DISABLE, f"Disabled: adminMode is {self._admin_mode.name}"
         else:
@@ -229,12 +243,12 @@ class ObservationExecutionTool(SKADevice):
                 state, status = DevState.ON, "Ready: no procedure is running"
         healthy = HealthState.OK if self._ses.healthy else HealthState.FAILED
         self.set_health(healthy)
-        if (state, status) != self._shown:
-            self._shown = (state, status)
-            self.set_state(state)
-            self.set_status(status)
-            self.push_change_event("State", state)
-            self.push_change_event("Status", status)
+        if (state, status) == self._shown:
+            return False
+        self._shown = (state, status)
+        self.set_state(state)
+        self.set_status(status)
+        return True
 
     def admin_mode_changed(self, mode: AdminMode) -> None:
         self._update_state()
