@@ -370,3 +370,32 @@ def test_git_scripts_through_the_device(tmp_path):
         with pytest.raises(tango.DevFailed) as caught:
             device.Prepare(json.dumps(request))
         assert "not an allowed script source" in caught.value.args[0].desc
+
+
+def test_two_devices_in_one_server_keep_their_procedures_apart():
+    from tango.test_context import MultiDeviceTestContext
+
+    devices_info = [
+        {
+            "class": ObservationExecutionTool,
+            "devices": [
+                {"name": "oet/executor/1", "properties": {"ScriptRoots": [str(SCRIPTS)]}},
+                {"name": "oet/executor/2", "properties": {"ScriptRoots": [str(SCRIPTS)]}},
+            ],
+        }
+    ]
+    with MultiDeviceTestContext(devices_info) as context:
+        one, two = context.get_device("oet/executor/1"), context.get_device("oet/executor/2")
+        events_one, events_two = SummaryEvents(one), SummaryEvents(two)
+        first = prepare(one, "hello.py")["id"]
+        second = prepare(two, "with_init.py")["id"]
+        assert first == second == 1  # each device numbers its own procedures
+        events_one.wait_for(first, {"READY"})
+        events_two.wait_for(second, {"READY"})
+        start(one, first)
+        assert events_one.wait_for(first, FINAL)["state"] == "COMPLETE"
+        assert json.loads(two.Summarise(""))[0]["state"] == "READY"  # untouched
+        scripts_seen_by_two = {
+            s["script"]["script_uri"] for event in events_two.events for s in event
+        }
+        assert scripts_seen_by_two == {f"file://{SCRIPTS / 'with_init.py'}"}
