@@ -412,10 +412,6 @@ class Supervisor:
     def stop(self, procedure_id: int) -> None:
         self._post(("stop", procedure_id))
 
-    def publish(self, topic: str, kwargs: dict[str, Any]) -> None:
-        """Pass a pub/sub message from the service's process to every worker."""
-        self._post(("publish", topic, kwargs))
-
     def shutdown(self, grace: float | None = None) -> None:
         """Stop every worker (as a Stop would, with ``grace`` seconds between SIGTERM and
         SIGKILL if given) and end the supervisor thread."""
@@ -585,8 +581,6 @@ class Supervisor:
                 self._begin_stop(w)
             elif pid in self._pending:
                 self._pending[pid][1][0] = True
-        elif tag == "publish":
-            self._broadcast(None, command[1], command[2])
         elif tag == "shutdown":
             self._closing = True
             if command[1] is not None:
@@ -686,7 +680,7 @@ class Supervisor:
             w.exit_intent = (msg[1], msg[2])
             w.killed_by_worker = list(msg[3])
 
-    def _broadcast(self, source: _Worker | None, topic: str, kwargs: dict[str, Any]) -> None:
+    def _broadcast(self, source: _Worker, topic: str, kwargs: dict[str, Any]) -> None:
         for other in self._workers.values():
             if other is not source and not other.stopping:
                 self._send(other, (wk.PUBSUB, topic, kwargs), droppable=True)
