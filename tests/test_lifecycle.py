@@ -204,3 +204,15 @@ def test_history_keeps_live_procedures_and_the_latest_ended(make_service, limit)
     ended = [run_to_end(ses, "hello.py").id for _ in range(3)]
     held = [s.id for s in ses.summarise()]
     assert held == [live.id, *ended[len(ended) - limit :]]
+
+
+def test_pubsub_messages_cross_from_one_script_to_another(make_service, recorder):
+    ses = make_service(max_running=2)
+    listening, relayed = recorder("test.listening"), recorder("test.relayed")
+    listener = ses.prepare(PrepareProcessCommand(script("listener.py"), ProcedureInput()))
+    ses.wait_for_state(listener.id, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(listener.id, "main", ProcedureInput()))
+    listening.wait(1)
+    run_to_end(ses, "talker.py", run_args=ProcedureInput(text="over"))
+    assert relayed.wait(1)[0]["messages"] == [("talker", "over")]
+    assert ses.wait_for_state(listener.id, [S.COMPLETE, S.FAILED], TIMEOUT).state is S.COMPLETE
