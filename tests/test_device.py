@@ -14,57 +14,12 @@ from tango.test_context import DeviceTestContext
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode, HealthState
 from tests.conftest import SCRIPTS
+from tests.tango_events import SummaryEvents
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 
 TIMEOUT = 20
 FINAL = {"COMPLETE", "STOPPED", "FAILED"}
-
-
-class SummaryEvents:
-    """Every procedureSummaries change event a client receives, parsed, in order."""
-
-    def __init__(self, proxy: tango.DeviceProxy) -> None:
-        self.events: list[list[dict[str, Any]]] = []
-        self.errors: list[Any] = []
-        self._cond = threading.Condition()
-        self._id = proxy.subscribe_event(
-            "procedureSummaries", tango.EventType.CHANGE_EVENT, self._callback
-        )
-
-    def _callback(self, event: Any) -> None:
-        with self._cond:
-            if event.err:
-                self.errors.append(event.errors)
-            else:
-                self.events.append(json.loads(event.attr_value.value))
-            self._cond.notify_all()
-
-    def states_seen(self, pid: int) -> list[str]:
-        """The state of ``pid`` in each event, consecutive repeats folded."""
-        seen: list[str] = []
-        with self._cond:
-            for event in self.events:
-                for s in event:
-                    if s["id"] == pid and (not seen or seen[-1] != s["state"]):
-                        seen.append(s["state"])
-        return seen
-
-    def wait_for(self, pid: int, states: set[str]) -> dict[str, Any]:
-        def latest() -> dict[str, Any] | None:
-            for event in reversed(self.events):
-                for s in event:
-                    if s["id"] == pid:
-                        return s if s["state"] in states else None
-            return None
-
-        with self._cond:
-            assert self._cond.wait_for(lambda: latest() is not None, TIMEOUT), (
-                f"procedure {pid} never reached {states}: {self.states_seen(pid)}"
-            )
-            found = latest()
-            assert found is not None
-            return found
 
 
 @pytest.fixture
@@ -332,8 +287,7 @@ def test_init_ends_every_worker_and_starts_afresh(tmp_path):
         # subscribers were told how the procedures ended, then that the list starts afresh
         assert events.wait_for(pid, FINAL)["state"] == "STOPPED"
         assert events.wait_for(stubborn, FINAL)["state"] == "STOPPED"
-        with events._cond:
-            assert events._cond.wait_for(lambda: events.events[-1] == [], TIMEOUT)
+        events.wait_until(lambda received: received[-1] == [])
         # and IDs go on increasing, so that no client sees one ID twice
         assert prepare(device, "hello.py")["id"] == stubborn + 1
 

@@ -25,6 +25,7 @@ import pytest
 import tango
 
 from ska_oso_oet import run
+from tests.tango_events import SummaryEvents
 
 pytestmark = pytest.mark.tango
 
@@ -123,57 +124,11 @@ def oet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oet]:
                 run.stop_process(proc)
 
 
-class Subscriber:
-    """A DeviceProxy subscribed to procedureSummaries CHANGE events; records every value."""
+class Subscriber(SummaryEvents):
+    """A client of its own, subscribed to procedureSummaries."""
 
     def __init__(self, trl: str) -> None:
-        self.values: list[list[dict[str, Any]]] = []
-        self.errors: list[str] = []
-        self._cond = threading.Condition()
-        self.proxy = tango.DeviceProxy(trl)
-        self._id = self.proxy.subscribe_event(
-            "procedureSummaries", tango.EventType.CHANGE_EVENT, self._callback
-        )
-
-    def _callback(self, event: Any) -> None:
-        with self._cond:
-            if event.err:
-                self.errors.append(f"{event.errors[0].reason}: {event.errors[0].desc}")
-            else:
-                self.values.append(json.loads(event.attr_value.value or "[]"))
-            self._cond.notify_all()
-
-    def states(self, pid: int) -> list[str]:
-        """The states procedure ``pid`` had in successive events (repeats collapsed)."""
-        seen: list[str] = []
-        with self._cond:
-            for value in self.values:
-                for summary in value:
-                    if summary["id"] == pid and (not seen or seen[-1] != summary["state"]):
-                        seen.append(summary["state"])
-        return seen
-
-    def latest(self, pid: int) -> dict[str, Any]:
-        with self._cond:
-            for value in reversed(self.values):
-                for summary in value:
-                    if summary["id"] == pid:
-                        return summary
-        raise KeyError(pid)
-
-    def wait_for(self, pid: int, state: str, timeout: float = TIMEOUT) -> None:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: state in self.states_unlocked(pid), timeout)
-        assert ok, f"procedure {pid} never reached {state}: saw {self.states(pid)} {self.errors}"
-
-    def states_unlocked(self, pid: int) -> list[str]:
-        return [s["state"] for value in self.values for s in value if s["id"] == pid]
-
-    def close(self) -> None:
-        try:
-            self.proxy.unsubscribe_event(self._id)
-        except tango.DevFailed:
-            pass
+        super().__init__(tango.DeviceProxy(trl))
 
 
 @pytest.fixture
@@ -253,7 +208,7 @@ def test_every_subscriber_sees_every_state_in_order(
     second.wait_for(pid, "COMPLETE")
 
     for subscriber in (first, second):
-        assert subscriber.states(pid) == WITH_INIT, oet.log_tail()
+        assert subscriber.states_seen(pid) == WITH_INIT, oet.log_tail()
         final = subscriber.latest(pid)
         assert [s for s, _ in final["history"]["process_states"]] == WITH_INIT
         times = [t for _, t in final["history"]["process_states"]]

@@ -1,0 +1,85 @@
+"""A Tango client that records every procedureSummaries change event, for the device tests
+and the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import tango
+
+TIMEOUT = 20
+
+
+class SummaryEvents:
+    """Subscribes ``proxy`` to procedureSummaries CHANGE events and keeps every value, parsed,
+    in order; waits for them on a condition."""
+
+    def __init__(self, proxy: tango.DeviceProxy) -> None:
+        self.proxy = proxy
+        self.events: list[list[dict[str, Any]]] = []
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self._id = proxy.subscribe_event(
+            "procedureSummaries", tango.EventType.CHANGE_EVENT, self._callback
+        )
+
+    def _callback(self, event: Any) -> None:
+        with self._cond:
+            if event.err:
+                self.errors.append(f"{event.errors[0].reason}: {event.errors[0].desc}")
+            else:
+                self.events.append(json.loads(event.attr_value.value or "[]"))
+            self._cond.notify_all()
+
+    def states_seen(self, pid: int) -> list[str]:
+        """The state of ``pid`` in each event, consecutive repeats folded."""
+        seen: list[str] = []
+        with self._cond:
+            for event in self.events:
+                for s in event:
+                    if s["id"] == pid and (not seen or seen[-1] != s["state"]):
+                        seen.append(s["state"])
+        return seen
+
+    def latest(self, pid: int) -> dict[str, Any]:
+        """The summary of ``pid`` in the newest event that holds it."""
+        with self._cond:
+            for event in reversed(self.events):
+                for s in event:
+                    if s["id"] == pid:
+                        return s
+        raise KeyError(pid)
+
+    def wait_for(
+        self, pid: int, states: str | Iterable[str], timeout: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait until an event shows ``pid`` in one of ``states``; return that summary."""
+        wanted = {states} if isinstance(states, str) else set(states)
+
+        def reached() -> dict[str, Any] | None:
+            for event in self.events:
+                for s in event:
+                    if s["id"] == pid and s["state"] in wanted:
+                        return s
+            return None
+
+        with self._cond:
+            ok = self._cond.wait_for(lambda: reached() is not None, timeout)
+            assert ok, f"procedure {pid} never reached {wanted}: {self.states_seen(pid)}"
+            found = reached()
+            assert found is not None
+            return found
+
+    def wait_until(self, predicate: Callable[[list[list[dict[str, Any]]]], bool]) -> None:
+        """Wait until ``predicate(events)`` holds."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.events), TIMEOUT)
+
+    def close(self) -> None:
+        try:
+            self.proxy.unsubscribe_event(self._id)
+        except tango.DevFailed:
+            pass
