@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import pathlib
@@ -200,20 +201,16 @@ def register(
 
 
 def clear_emptied(config: Mapping[str, Any], db: Any) -> list[Any]:
-    """Delete the device properties that ``config`` lists as empty (``[]``).
-
-    dsconfig's update mode leaves them as they were, so emptying a list in tango-db/oet.json
-    (say AllowedGitRepositories, to revoke git scripts) would otherwise change nothing.
-    """
-    calls: list[Any] = []
-    for instances in config["servers"].values():
-        for classes in instances.values():
-            for devices in classes.values():
-                for name, device in devices.items():
-                    for prop, values in device.get("properties", {}).items():
-                        if values == [] and list(db.get_device_property(name, [prop])[prop]):
-                            db.delete_device_property(name, [prop])
-                            calls.append(("delete_device_property", (name, [prop]), {}))
+    """Delete the device properties that ``config`` lists as empty (``[]``), which dsconfig's
+    update mode leaves as they were. The chart's dsconfig job does the same with the same
+    code: ``charts/ska-oso-oet/files/clear_emptied.py`` is the one copy."""
+    path = repo_root() / "charts" / "ska-oso-oet" / "files" / "clear_emptied.py"
+    spec = importlib.util.spec_from_file_location("oet_chart_clear_emptied", path)
+    if spec is None or spec.loader is None:
+        raise LaunchError(f"Cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls: list[Any] = module.clear_emptied(config, db)
     return calls
 
 
