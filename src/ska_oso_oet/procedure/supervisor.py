@@ -183,12 +183,11 @@ def _reset_helpers_in_child() -> None:
     parent's fork server and resource tracker: they are not this process's children."""
     server: Any = multiprocessing.forkserver._forkserver
     if server._forkserver_pid is not None:
-        for fd in (server._forkserver_alive_fd,):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        if server._forkserver_alive_fd is not None:
+            try:
+                os.close(server._forkserver_alive_fd)
+            except OSError:
+                pass
         server._forkserver_pid = None
         server._forkserver_alive_fd = None
         server._forkserver_address = None
@@ -233,22 +232,49 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with exit code {exitcode}"
 
 
-def _group_members(pgid: int) -> list[int]:
-    """PIDs of the living (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # fields: state, ppid, pgrp, ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry))
-    return members
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """State letter and process group of ``pid`` from /proc; None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
+    return fields[0], int(fields[2])
+
+
+def _pid_alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != b"Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a living (non-zombie) process is in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in os.listdir("/proc"):  # members may all be zombies: look closer
+        stat = _stat(int(entry)) if entry.isdigit() else None
+        if stat is not None and stat[1] == pgid and stat[0] != b"Z":
+            return True
+    return False
+
+
+def _poll_until(done: Callable[[], bool], timeout: float, between: Callable[[], None]) -> bool:
+    """Check ``done`` with a short, growing pause (``between`` runs in each) until it holds
+    or ``timeout`` passes: the kernel is tearing processes down, which takes a moment."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        between()
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -277,49 +303,23 @@ def kill_tree(pgid: int, extra: Iterable[psutil.Process], leader_alive: bool = T
 
 def confirm_gone(pgid: int, extra: list[psutil.Process], timeout: float) -> bool:
     """Kill what is left of a reaped worker's process tree; wait until none of it lives."""
-    kill_tree(pgid, extra, leader_alive=False)
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        try:
-            os.killpg(pgid, 0)
-            group_alive = bool(_group_members(pgid))
-        except ProcessLookupError:
-            group_alive = False
-        except PermissionError:
-            group_alive = True
-        if not group_alive and not any(_alive(p) for p in extra):
-            return True
-        if time.monotonic() > deadline:
-            return False
+
+    def kill() -> None:
         kill_tree(pgid, extra, leader_alive=False)
-        time.sleep(delay)  # the kernel is tearing the processes down; poll gently
-        delay = min(delay * 2, 0.05)
+
+    kill()
+    return _poll_until(
+        lambda: not _group_alive(pgid) and not any(_alive(p) for p in extra), timeout, kill
+    )
 
 
 def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
-
-
 def pids_gone(pids: list[int], timeout: float) -> bool:
     """Wait until none of ``pids`` (already sent SIGKILL) is alive."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while any(_pid_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)  # the kernel is tearing them down
-        delay = min(delay * 2, 0.05)
-    return True
+    return _poll_until(lambda: not any(_pid_alive(p) for p in pids), timeout, lambda: None)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
