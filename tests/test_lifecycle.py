@@ -214,5 +214,6 @@ def test_pubsub_messages_cross_from_one_script_to_another(make_service, recorder
     ses.start(StartProcessCommand(listener.id, "main", ProcedureInput()))
     listening.wait(1)
     run_to_end(ses, "talker.py", run_args=ProcedureInput(text="over"))
-    assert relayed.wait(1)[0]["messages"] == [("talker", "over")]
+    # payloads cross as JSON data: a tuple arrives as a list
+    assert relayed.wait(1)[0]["messages"] == [["talker", "over"]]
     assert ses.wait_for_state(listener.id, [S.COMPLETE, S.FAILED], TIMEOUT).state is S.COMPLETE

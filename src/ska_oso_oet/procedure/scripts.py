@@ -107,6 +107,12 @@ class GitScript(ExecutableScript):
             )
 
 
+def is_within(path: str, root: str) -> bool:
+    """True when ``path`` is ``root`` or lies below it; give both with symlinks resolved
+    (``os.path.realpath``). The one containment check of the OET."""
+    return os.path.commonpath([path, root]) == root
+
+
 _NOT_IDENTIFIER = re.compile(r"\W")
 
 

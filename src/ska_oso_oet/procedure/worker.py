@@ -19,17 +19,19 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
 import types
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
 from pubsub import pub
 
+from ska_oso_oet.procedure import messages as m
+from ska_oso_oet.procedure import proctree
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.gitmanager import GitSettings
 from ska_oso_oet.procedure.scripts import (
@@ -37,24 +39,11 @@ from ska_oso_oet.procedure.scripts import (
     GitScript,
     ModuleFactory,
     ProcedureInput,
+    is_within,
 )
 from ska_oso_oet.procedure.states import ProcedureState
 
 LOGGER = logging.getLogger(__name__)
-
-# Messages from the supervisor to a worker: tuples whose first item is one of these tags.
-LOAD = "LOAD"  # (LOAD, procedure_id, script, init_args, context, local_path, git_settings)
-ENV = "ENV"  # (ENV, procedure_id, script, git_settings) - a git script's environment
-RUN = "RUN"  # (RUN, fn_name, run_args, context)
-PUBSUB = "PUBSUB"  # (PUBSUB, topic, kwargs) - also sent by workers
-SHUTDOWN = "SHUTDOWN"  # (SHUTDOWN,)
-# Messages from a worker to the supervisor.
-STATE = "STATE"  # (STATE, state_name, timestamp, info)
-# (EXIT, final_state_name, stacktrace, pids of the descendants it killed), just before exiting
-EXIT = "EXIT"
-# Internal messages of the worker's main thread.
-USER_FN_COMPLETE = "USER_FN_COMPLETE"
-USER_FN_FAILED = "USER_FN_FAILED"
 
 #: Topics that the worker does not forward: lifecycle events travel as STATE messages.
 PRIVATE_TOPIC_PREFIX = "procedure."
@@ -120,18 +109,31 @@ def script_signal_handler(
 
 
 class _Channel:
-    """One end of the worker's duplex pipe, shared by its two threads."""
+    """The worker's end of its socket to the supervisor, shared by its two threads: records
+    of :mod:`.messages` out (JSON), in (pickled, from the server it trusts)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self._lock = threading.Lock()
 
-    def put(self, msg: tuple[Any, ...]) -> None:
+    def put(self, msg: m.FromWorker) -> None:
+        data = m.encode_from_worker(msg)
         with self._lock:
-            self.conn.send(msg)
+            self.sock.sendall(data)
 
-    def get(self) -> Any:
-        return self.conn.recv()
+    def get(self) -> m.ToWorker:
+        """The next message; EOFError when the supervisor has gone."""
+        (size,) = m.HEADER.unpack(self._read(m.HEADER.size))
+        return m.decode_to_worker(self._read(size))
+
+    def _read(self, size: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            chunk = self.sock.recv(min(size - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError("the supervisor has gone")
+            buf += chunk
+        return bytes(buf)
 
 
 def _accepts_context(fn: Callable[..., Any]) -> bool:
@@ -162,9 +164,10 @@ class ScriptWorker:
     """ScriptWorker loads user code in a child process, running functions of that user code on
     request.
 
-    It acts on messages from its work queue: LOAD (load the script), ENV (install a git
-    script's dependencies), RUN (run a named function) and PUBSUB (a pub/sub message from
-    elsewhere, published locally). Messages a script publishes locally with pypubsub are sent
+    It acts on the messages of :mod:`.messages` from its work queue: LOAD (:class:`~.Load`:
+    load the script), ENV (:class:`~.PrepareEnv`: install a git script's dependencies), RUN
+    (:class:`~.Run`: run a named function) and PUBSUB (:class:`~.PubSub`: a pub/sub message
+    from elsewhere, published locally). Messages a script publishes locally with pypubsub are sent
     on to the supervisor, which publishes them in the service's process and passes them to the
     other workers.
     """
@@ -189,7 +192,7 @@ class ScriptWorker:
         self.procedure_id: int | None = None
         self.module: types.ModuleType | None = None
         self.run_state: RunThreadState | None = None
-        self._tasks: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[m.ToWorker] = queue.SimpleQueue()
         self._signals = _SignalState()
         self._local = threading.local()
         self._os_pid = os.getpid()
@@ -220,22 +223,20 @@ class ScriptWorker:
     def main_loop(self) -> None:
         """Deliver each message received on the work queue to :meth:`main_func`.
 
-        Delivery ends when the shutdown event is set, a SHUTDOWN message arrives or the
-        supervisor goes away (the worker then ends at once: it is never left orphaned).
+        Delivery ends when the shutdown event is set or the supervisor goes away (the
+        worker then ends at once: it is never left orphaned).
         """
         while not self.shutdown_event.is_set():
             try:
                 msg = self.work_q.get()
-            except (EOFError, OSError):
+            except (EOFError, OSError, m.ProtocolError):
                 _flush_and_exit(3)
-            if msg[0] == SHUTDOWN:
-                self.shutdown_event.set()
             self.main_func(msg)
 
-    def main_func(self, msg: tuple[Any, ...]) -> None:
+    def main_func(self, msg: m.ToWorker) -> None:
         """Act on one message from the work queue (runs in the loop thread)."""
-        if msg[0] == PUBSUB:
-            self._deliver(msg[1], msg[2])
+        if isinstance(msg, m.PubSub):
+            self._deliver(msg.topic, msg.kwargs)
         else:
             self._tasks.put(msg)
 
@@ -244,39 +245,28 @@ class ScriptWorker:
     def _serve_tasks(self) -> None:
         while True:
             task = self._tasks.get()  # a stop request raises StopScript here too
-            tag = task[0]
-            if tag == LOAD:
-                self._load(*task[1:])
-            elif tag == ENV:
-                self._prepare_environment(*task[1:])
-            elif tag == RUN:
-                self._run(*task[1:])
-            elif tag == SHUTDOWN:
-                self._exit(ProcedureState.STOPPED, None)
+            if isinstance(task, m.Load):
+                self._load(task)
+            elif isinstance(task, m.PrepareEnv):
+                self._prepare_environment(task.procedure_id, task.script, task.git_settings)
+            elif isinstance(task, m.Run):
+                self._run(task.fn_name, task.run_args, task.context)
 
-    def _load(
-        self,
-        procedure_id: int,
-        script: ExecutableScript,
-        init_args: ProcedureInput,
-        context: ScriptContext,
-        local_path: str | None,
-        git_settings: GitSettings | None = None,
-    ) -> None:
-        self._assign(procedure_id)
+    def _load(self, task: m.Load) -> None:
+        self._assign(task.procedure_id)
         self.publish_lifecycle(ProcedureState.LOADING)
+        script: ExecutableScript = task.script
+        local_path = task.local_path
         if isinstance(script, GitScript):
-            local_path = self._git_script_path(script, git_settings)
+            local_path = self._git_script_path(script, task.git_settings)
         self.module = ModuleFactory.get_module(script, path=local_path)
         # a git script's summary records the commit that was loaded, whatever was asked for
-        self.publish_lifecycle(
-            ProcedureState.IDLE, {"git_commit": self._commit} if self._commit else None
-        )
+        self.publish_lifecycle(ProcedureState.IDLE, git_commit=self._commit)
         init = getattr(self.module, "init", None)
         if callable(init):
             self.publish_lifecycle(ProcedureState.INITIALISING)
-            self._call(init, init_args, context)
-        self.publish_lifecycle(ProcedureState.READY, {"functions": script_functions(self.module)})
+            self._call(init, task.init_args, task.context)
+        self.publish_lifecycle(ProcedureState.READY, functions=script_functions(self.module))
 
     def _assign(self, procedure_id: int) -> None:
         """The first message about a procedure: the worker is now its process (IDLE)."""
@@ -311,7 +301,7 @@ class ScriptWorker:
             self._checkout, self._commit = gitmanager.checkout(script.git_args, settings)
         root = os.path.realpath(self._checkout)
         path = os.path.realpath(os.path.join(root, script.path))
-        if os.path.commonpath([path, root]) != root:
+        if not is_within(path, root):
             raise PermissionError(f"{script.script_uri} points outside its repository")
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -359,7 +349,7 @@ class ScriptWorker:
 
     # -- messages out ---------------------------------------------------------------------
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
+    def _send(self, msg: m.FromWorker) -> None:
         if os.getpid() != self._os_pid:
             return  # a process the script forked: the pipe belongs to the worker alone
         signals = self._signals
@@ -376,10 +366,14 @@ class ScriptWorker:
             raise StopScript("stopped by SIGTERM")
 
     def publish_lifecycle(
-        self, new_state: ProcedureState, info: dict[str, Any] | None = None
+        self,
+        new_state: ProcedureState,
+        *,
+        functions: list[str] | None = None,
+        git_commit: str | None = None,
     ) -> None:
         """Broadcast a lifecycle status change event."""
-        self._send((STATE, new_state.name, time.time(), info))
+        self._send(m.StateChange(new_state.name, time.time(), functions, git_commit))
 
     def republish(self, topic: Any = pub.AUTO_TOPIC, **kwargs: Any) -> None:
         """Republish a local pypubsub event over the inter-process event bus."""
@@ -389,9 +383,9 @@ class ScriptWorker:
         if name.startswith(PRIVATE_TOPIC_PREFIX):
             return
         try:
-            self._send((PUBSUB, name, kwargs))
-        except (TypeError, AttributeError, ValueError) as exc:
-            # Pickling happens before any byte is written, so the stream stays intact.
+            self._send(m.PubSub(name, kwargs))
+        except (TypeError, ValueError, RecursionError) as exc:
+            # Encoding happens before any byte is written, so the stream stays intact.
             LOGGER.warning("Cannot send pub/sub message %r to other processes: %s", name, exc)
 
     def _deliver(self, topic: str, kwargs: dict[str, Any]) -> None:
@@ -409,7 +403,7 @@ class ScriptWorker:
             _flush_and_exit(0)  # a forked copy of the worker that returned from the script
         killed = kill_descendants()
         try:
-            self.event_q.put((EXIT, state.name, stacktrace, killed))
+            self.event_q.put(m.Exit(state.name, stacktrace, killed))
         except Exception:
             pass
         _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1, kill=False)
@@ -437,21 +431,6 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(k) for k in f.read().split())
-        except OSError:
-            pass
-    return kids
-
-
 def kill_descendants() -> list[int]:
     """SIGKILL every process this worker started, however deep and whatever its group;
     return their PIDs.
@@ -459,24 +438,7 @@ def kill_descendants() -> list[int]:
     The worker is a child subreaper, so an orphaned grandchild is re-parented to it and is
     still found here.
     """
-    pending = _children(os.getpid())
-    seen: set[int] = set()
-    while pending:
-        pid = pending.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            os.kill(pid, signal.SIGSTOP)  # freeze it so that it cannot start more meanwhile
-        except OSError:
-            continue
-        pending.extend(_children(pid))
-    for pid in seen:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    return sorted(seen)
+    return proctree.freeze_and_kill_descendants(os.getpid())
 
 
 def _become_subreaper() -> None:
@@ -501,8 +463,9 @@ def _flush_and_exit(code: int, kill: bool = True) -> None:
     os._exit(code)
 
 
-def worker_process_main(conn: Connection, name: str) -> None:
-    """Body of a worker process: serve the supervisor until the procedure ends."""
+def worker_process_main(channel_fd: int, name: str) -> None:
+    """Body of a worker process: serve the supervisor, on the stream socket ``channel_fd``,
+    until the procedure ends."""
     # Lead a new process group, so that a stop can kill everything the script started and
     # a Ctrl-C meant for the server's terminal does not reach the script.
     os.setpgid(0, 0)
@@ -517,6 +480,6 @@ def worker_process_main(conn: Connection, name: str) -> None:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
-    channel = _Channel(conn)
+    channel = _Channel(socket.socket(fileno=channel_fd))
     worker = ScriptWorker(name, threading.Event(), threading.Event(), channel, channel)
     worker.run()

@@ -1,0 +1,204 @@
+"""The messages between the supervisor and its worker processes, as small typed records.
+
+Each worker has one duplex stream socket. A message is one frame: a 4-byte big-endian length,
+then the body.
+
+- Supervisor -> worker (:data:`ToWorker`): pickled. They come from the server, which the worker
+  trusts, and carry Python objects of the API (scripts, :class:`ProcedureInput`).
+- Worker -> supervisor (:data:`FromWorker`): JSON, checked field by field on receipt
+  (:func:`decode_from_worker`). A worker runs a script, and a script can write anything down
+  its socket, so the server treats what arrives as untrusted data, never code: a message that
+  does not parse or does not match a record is a :class:`ProtocolError`.
+
+This module is imported by every worker, so it stays light: standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import struct
+from typing import Any
+
+#: Frame header: the body's length.
+HEADER = struct.Struct("!I")
+#: Largest frame a worker may send (a script's pub/sub payload included).
+MAX_FROM_WORKER = 16 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A worker sent something that is not a valid message."""
+
+
+# -- supervisor -> worker --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """Load the procedure's script (a git script: from its checkout) and call its ``init``."""
+
+    procedure_id: int
+    script: Any  # ExecutableScript
+    init_args: Any  # ProcedureInput
+    context: Any  # ScriptContext
+    local_path: str | None = None
+    git_settings: Any = None  # GitSettings, for git scripts
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareEnv:
+    """Clone a git script's repository and make (or wait for) its environment."""
+
+    procedure_id: int
+    script: Any  # GitScript
+    git_settings: Any  # GitSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Call a function of the loaded script."""
+
+    fn_name: str
+    run_args: Any  # ProcedureInput
+    context: Any  # ScriptContext
+
+
+@dataclasses.dataclass(frozen=True)
+class PubSub:
+    """A pypubsub message; sent both ways (a script's message, or another script's)."""
+
+    topic: str
+    kwargs: dict[str, Any]
+
+
+ToWorker = Load | PrepareEnv | Run | PubSub
+
+
+def encode_to_worker(msg: ToWorker) -> bytes:
+    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(body)) + body
+
+
+def decode_to_worker(body: bytes) -> ToWorker:
+    msg = pickle.loads(body)
+    if not isinstance(msg, Load | PrepareEnv | Run | PubSub):
+        raise ProtocolError(f"Not a message for a worker: {type(msg).__name__}")
+    return msg
+
+
+# -- worker -> supervisor --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StateChange:
+    """The worker's procedure entered ``state`` (a :class:`ProcedureState` name) at ``time``."""
+
+    state: str
+    time: float
+    functions: list[str] | None = None  # at READY: what a Start may call
+    git_commit: str | None = None  # at IDLE after loading a git script: the commit loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class Exit:
+    """Sent just before the worker exits by itself: its final state, and the PIDs of the
+    processes it started and has killed (the supervisor waits for them to be gone)."""
+
+    state: str
+    stacktrace: str | None
+    killed: list[int]
+
+
+FromWorker = StateChange | Exit | PubSub
+
+_FROM_WORKER: dict[str, type[FromWorker]] = {
+    "state": StateChange,
+    "exit": Exit,
+    "pubsub": PubSub,
+}
+_KIND = {cls: kind for kind, cls in _FROM_WORKER.items()}
+
+
+def encode_from_worker(msg: FromWorker) -> bytes:
+    """JSON of ``msg``; what JSON cannot hold (a script's own objects in a pub/sub payload)
+    goes as its ``repr``."""
+    doc = {"kind": _KIND[type(msg)], **dataclasses.asdict(msg)}
+    body = json.dumps(doc, default=repr, separators=(",", ":")).encode()
+    return HEADER.pack(len(body)) + body
+
+
+def _check(value: Any, kind: Any, name: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProtocolError(f"field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _optional_str(doc: dict[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    return None if value is None else _check(value, str, name)
+
+
+def _str_list(value: Any, name: str, item: type) -> list[Any]:
+    _check(value, list, name)
+    for entry in value:
+        _check(entry, item, name)
+    return list(value)
+
+
+def decode_from_worker(body: bytes) -> FromWorker:
+    """The record in ``body``; :class:`ProtocolError` unless it is exactly a valid one."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("not a JSON object")
+    cls = _FROM_WORKER.get(doc.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {doc.get('kind')!r}")
+    expected = {f.name for f in dataclasses.fields(cls)} | {"kind"}
+    if not set(doc) <= expected:
+        raise ProtocolError(f"unexpected fields {sorted(set(doc) - expected)}")
+    try:
+        if cls is StateChange:
+            functions = doc.get("functions")
+            return StateChange(
+                state=_check(doc["state"], str, "state"),
+                time=float(_check(doc["time"], int | float, "time")),
+                functions=None if functions is None else _str_list(functions, "functions", str),
+                git_commit=_optional_str(doc, "git_commit"),
+            )
+        if cls is Exit:
+            return Exit(
+                state=_check(doc["state"], str, "state"),
+                stacktrace=_optional_str(doc, "stacktrace"),
+                killed=_str_list(doc["killed"], "killed", int),
+            )
+        return PubSub(
+            topic=_check(doc["topic"], str, "topic"), kwargs=_check(doc["kwargs"], dict, "kwargs")
+        )
+    except KeyError as exc:
+        raise ProtocolError(f"missing field {exc}") from None
+
+
+class FrameReader:
+    """Splits a byte stream into frame bodies; refuses frames over ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        bodies: list[bytes] = []
+        while len(self._buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buf)
+            if size > self._limit:
+                raise ProtocolError(f"a message of {size} bytes (at most {self._limit})")
+            end = HEADER.size + size
+            if len(self._buf) < end:
+                break
+            bodies.append(bytes(self._buf[HEADER.size : end]))
+            del self._buf[:end]
+        return bodies
