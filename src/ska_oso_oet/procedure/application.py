@@ -21,6 +21,7 @@ from typing import Any
 
 from pubsub import pub
 
+from ska_oso_oet.procedure import settings
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.errors import (
     ProcedureError,
@@ -35,6 +36,7 @@ from ska_oso_oet.procedure.scripts import (
     FileSystemScript,
     GitScript,
     ProcedureInput,
+    is_within,
 )
 from ska_oso_oet.procedure.states import ProcedureState, is_allowed
 from ska_oso_oet.procedure.supervisor import ManagementListener, Supervisor
@@ -153,21 +155,22 @@ class ScriptExecutionService:
         self,
         abort_script: ExecutableScript | None = None,
         *,
-        stop_grace: float = 3.0,
-        history_limit: int = 100,
-        max_running: int = 1,
+        stop_grace: float = settings.default("stop_grace"),
+        history_limit: int = settings.default("history_limit"),
+        max_running: int = settings.default("max_running"),
         script_roots: Iterable[str] | None = None,
-        spare_workers: int = 2,
+        spare_workers: int = settings.default("spare_workers"),
         preload_modules: Iterable[str] = (),
         allowed_git_repos: Iterable[str] = (),
         git_cache_dir: str | None = None,
-        git_timeout: float = 60.0,
-        install_timeout: float = 600.0,
-        installer: str = "auto",
-        max_environments: int = 10,
+        git_timeout: float = settings.default("git_timeout"),
+        install_timeout: float = settings.default("install_timeout"),
+        installer: str = settings.INSTALLER,
+        max_environments: int = settings.default("max_environments"),
         first_id: int = 1,
     ) -> None:
-        """Create a new ScriptExecutionService.
+        """Create a new ScriptExecutionService. The settings, their defaults and their
+        device properties are listed once, in :mod:`.settings`.
 
         :param abort_script: post-termination script for two-phase abort (``stop`` with
             ``run_abort``); it is called with the stopped procedure's ``subarray_id``
@@ -195,7 +198,7 @@ class ScriptExecutionService:
         :param first_id: the ID of the first procedure (a service that replaces another
             continues its numbering, so that clients never see an ID twice)
         """
-        if installer not in ("auto", "uv", "pip"):
+        if installer not in settings.INSTALLERS:
             raise ValueError("installer must be 'auto', 'uv' or 'pip'")
         if stop_grace < 0 or history_limit < 0 or max_running < 1 or spare_workers < 0:
             raise ValueError(
@@ -209,11 +212,7 @@ class ScriptExecutionService:
         )
         self.allowed_git_repos = list(allowed_git_repos)
         self.git_settings = GitSettings(
-            cache_dir=os.path.abspath(
-                os.path.expanduser(
-                    git_cache_dir or os.environ.get("OET_CACHE_DIR") or "~/.cache/ska-oso-oet"
-                )
-            ),
+            cache_dir=settings.cache_dir(git_cache_dir),
             git_timeout=git_timeout,
             install_timeout=install_timeout,
             installer=installer,
@@ -618,7 +617,7 @@ class ScriptExecutionService:
             raise ScriptRejectedError(f"Unsupported script type: {type(script).__name__}")
         real = os.path.realpath(script.path)
         if self.script_roots is not None and not any(
-            os.path.commonpath([real, root]) == root for root in self.script_roots
+            is_within(real, root) for root in self.script_roots
         ):
             roots = ", ".join(self.script_roots) or "(none configured)"
             raise ScriptRejectedError(

@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from ska_oso_oet.procedure import settings
+
 DEFAULT_GIT_REPOSITORY = "https://gitlab.com/ska-telescope/oso/ska-oso-scripting.git"
 
 
@@ -43,11 +45,11 @@ class GitSettings:
     """Where clones and environments live, and how long git and installers may take."""
 
     cache_dir: str
-    git_timeout: float = 60.0
-    install_timeout: float = 600.0
-    installer: str = "auto"  # "uv", "pip" or "auto" (uv when present)
-    max_clones: int = 50
-    max_environments: int = 10
+    git_timeout: float = settings.default("git_timeout")
+    install_timeout: float = settings.default("install_timeout")
+    installer: str = settings.INSTALLER  # one of settings.INSTALLERS
+    max_clones: int = settings.MAX_CLONES
+    max_environments: int = settings.default("max_environments")
 
 
 class GitError(RuntimeError):

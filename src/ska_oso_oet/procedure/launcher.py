@@ -260,8 +260,9 @@ def _serve(sock: socket.socket) -> None:
                     while os.read(wake_r, 512):
                         pass
                 _reap(status_of)
-            if sock.fileno() in readable and not _handle_request(sock, status_of, (wake_r, wake_w)):
-                return  # the server has gone
+            if sock.fileno() in readable:
+                if not _handle_request(sock, status_of, (wake_r, wake_w)):
+                    return  # the server has gone
     finally:
         for pid in status_of:  # workers exit when their channel closes; make sure
             with contextlib.suppress(OSError):

@@ -19,7 +19,7 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from ska_oso_oet.procedure import ui
+from ska_oso_oet.procedure import settings, ui
 from ska_oso_oet.procedure.application import ProcedureSummary, ScriptExecutionService
 from ska_oso_oet.procedure.errors import ProcedureError, UnknownProcedureError
 from ska_oso_oet.procedure.scripts import FileSystemScript
@@ -61,59 +61,30 @@ def translate_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _property(name: str) -> Any:
+    """The device property of service setting ``name``, as :mod:`.settings` declares it."""
+    spec = settings.setting(name)
+    return device_property(dtype=spec.dtype, default_value=spec.default, doc=spec.doc)
+
+
 class ObservationExecutionTool(SKADevice):
     """Runs observing scripts, each in its own supervised process."""
 
     _next_id = 1  # procedure IDs go on increasing across Init
 
-    ScriptRoots = device_property(
-        dtype=(str,),
-        default_value=[],
-        doc="Directories that file:// scripts must lie in once symlinks are resolved",
-    )
-    AbortScript = device_property(
-        dtype=str, default_value="", doc="URI of the abort script run by Stop with run_abort"
-    )
-    StopGracePeriod = device_property(
-        dtype=float, default_value=3.0, doc="Seconds between SIGTERM and SIGKILL on Stop"
-    )
-    HistoryLength = device_property(
-        dtype=int, default_value=100, doc="How many ended procedures are kept"
-    )
-    MaxRunning = device_property(
-        dtype=int, default_value=1, doc="How many procedures may be RUNNING at once"
-    )
-    SpareWorkers = device_property(
-        dtype=int, default_value=2, doc="Worker processes kept warm for fast prepares"
-    )
-    PreloadModules = device_property(
-        dtype=(str,),
-        default_value=[],
-        doc="Modules imported once before workers are forked (e.g. numpy), so that scripts "
-        "importing them load fast; read when the first device of the server starts",
-    )
-    AllowedGitRepositories = device_property(
-        dtype=(str,),
-        default_value=[],
-        doc="Shell-style patterns a git script's repository URL must match",
-    )
-    GitCacheDirectory = device_property(
-        dtype=str,
-        default_value="",
-        doc="Where git clones and script environments are kept "
-        "(default $OET_CACHE_DIR or ~/.cache/ska-oso-oet)",
-    )
-    GitTimeout = device_property(
-        dtype=float, default_value=60.0, doc="Seconds a git command may take"
-    )
-    MaxEnvironments = device_property(
-        dtype=int, default_value=10, doc="Script environments kept on disk"
-    )
-    EnvironmentTimeout = device_property(
-        dtype=float,
-        default_value=600.0,
-        doc="Seconds the installation of a git script's environment may take",
-    )
+    # The service's settings, each declared once in procedure.settings.
+    ScriptRoots = _property("script_roots")
+    AbortScript = _property("abort_script")
+    StopGracePeriod = _property("stop_grace")
+    HistoryLength = _property("history_limit")
+    MaxRunning = _property("max_running")
+    SpareWorkers = _property("spare_workers")
+    PreloadModules = _property("preload_modules")
+    AllowedGitRepositories = _property("allowed_git_repos")
+    GitCacheDirectory = _property("git_cache_dir")
+    GitTimeout = _property("git_timeout")
+    MaxEnvironments = _property("max_environments")
+    EnvironmentTimeout = _property("install_timeout")
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -149,21 +120,18 @@ class ObservationExecutionTool(SKADevice):
         self.push_archive_event("procedureSummaries", self._summaries_json)
 
     def _make_service(self) -> ScriptExecutionService:
-        abort = FileSystemScript(self.AbortScript) if self.AbortScript else None
+        values = {spec.name: getattr(self, spec.tango_name) for spec in settings.SETTINGS}
+        abort = values.pop("abort_script")
         return ScriptExecutionService(
-            abort_script=abort,
-            stop_grace=self.StopGracePeriod,
-            history_limit=self.HistoryLength,
-            max_running=self.MaxRunning,
-            script_roots=list(self.ScriptRoots),
-            spare_workers=self.SpareWorkers,
+            abort_script=FileSystemScript(abort) if abort else None,
             first_id=self._next_id,
-            preload_modules=list(self.PreloadModules),
-            allowed_git_repos=list(self.AllowedGitRepositories),
-            git_cache_dir=self.GitCacheDirectory or None,
-            git_timeout=self.GitTimeout,
-            install_timeout=self.EnvironmentTimeout,
-            max_environments=self.MaxEnvironments,
+            **{
+                **values,
+                "script_roots": list(values["script_roots"]),
+                "preload_modules": list(values["preload_modules"]),
+                "allowed_git_repos": list(values["allowed_git_repos"]),
+                "git_cache_dir": values["git_cache_dir"] or None,
+            },
         )
 
     def delete_device(self) -> None:
