@@ -327,18 +327,8 @@ class ScriptExecutionService:
         with self._lock:
             self._check_open()
             rec = self._record(pid)
-            state = self._states[pid]
-            if state.is_final:
-                raise ProcedureStateError(
-                    f"Procedure {pid} has ended ({state.name}); prepare the script again"
-                )
-            if rec.claims_run or state is ProcedureState.RUNNING:
+            if rec.claims_run or self._states[pid] is ProcedureState.RUNNING:
                 raise ProcedureStateError(f"Procedure {pid} is already running a function")
-            if state is not ProcedureState.READY and not cmd.force_start:
-                raise ProcedureStateError(
-                    f"Procedure {pid} is {state.name}, not READY; wait for READY or start "
-                    "it with force_start to run it as soon as it is"
-                )
             if rec.functions is not None and fn_name not in rec.functions:
                 have = ", ".join(rec.functions) or "none"
                 raise ProcedureError(
@@ -351,15 +341,16 @@ class ScriptExecutionService:
                     f"Procedure {running[0]} is running and at most {self.max_running} may "
                     "run at once; wait for it to end or stop it"
                 )
-            rec.claims_run = True
-            rec.script_args.append(ArgCapture(fn_name, cmd.run_args, time.time()))
-            self._manager.run(
+            now = time.time()
+            self._manager.run(  # refuses a procedure that has ended or is not READY
                 pid,
                 call=fn_name,
                 run_args=cmd.run_args,
                 force_start=cmd.force_start,
                 context=self._context(),
             )
+            rec.claims_run = True
+            rec.script_args.append(ArgCapture(fn_name, cmd.run_args, now))
             LOGGER.info("Procedure %s: starting %s", pid, fn_name)
             return self._summary(pid)
 

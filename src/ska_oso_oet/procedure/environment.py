@@ -94,6 +94,8 @@ class EnvironmentManager:
     """Manages Python virtual environments for script execution."""
 
     def __init__(self, mp_context: Any = None, base_dir: str = "/tmp/environments/") -> None:
+        # mp_context is part of the documented signature only: environments are coordinated
+        # through files (FileEvent, flock) that every process sees, not multiprocessing
         self.base_dir = base_dir
 
     def create_env(self, git_args: GitArgs) -> Environment:

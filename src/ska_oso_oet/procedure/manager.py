@@ -9,6 +9,7 @@ from typing import Any
 from pubsub import pub
 
 from ska_oso_oet.procedure.context import ScriptContext
+from ska_oso_oet.procedure.errors import ProcedureStateError, UnknownProcedureError
 from ska_oso_oet.procedure.gitmanager import GitSettings
 from ska_oso_oet.procedure.scripts import ExecutableScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState
@@ -97,13 +98,21 @@ class ProcessManager:
         """Request execution of a function in a prepared procedure.
 
         With ``force_start`` the request is sent even when the procedure is not READY yet:
-        the worker runs it as soon as it is (never for a procedure that has ended).
+        the worker runs it as soon as it is (never for a procedure that has ended). This is
+        the one place that rule is checked: :class:`~.ProcedureStateError` says why not.
         """
         state = self.get_state(process_id)
         if state is None:
-            raise KeyError(process_id)
-        if state.is_final or (state is not ProcedureState.READY and not force_start):
-            raise ValueError(f"Procedure {process_id} is {state.name}")
+            raise UnknownProcedureError(f"No procedure with ID {process_id}")
+        if state.is_final:
+            raise ProcedureStateError(
+                f"Procedure {process_id} has ended ({state.name}); prepare the script again"
+            )
+        if state is not ProcedureState.READY and not force_start:
+            raise ProcedureStateError(
+                f"Procedure {process_id} is {state.name}, not READY; wait for READY or start "
+                "it with force_start to run it as soon as it is"
+            )
         pub.sendMessage(
             RUN_TOPIC,
             msg_src=self.name,

@@ -45,7 +45,7 @@ from ska_oso_oet.procedure.states import ProcedureState
 
 LOGGER = logging.getLogger(__name__)
 
-#: Topics that the worker does not forward: lifecycle events travel as STATE messages.
+#: Topics that the worker does not forward: lifecycle events travel as StateChange records.
 PRIVATE_TOPIC_PREFIX = "procedure."
 
 
@@ -85,7 +85,6 @@ class _SignalState:
     def __init__(self) -> None:
         self.critical = 0
         self.pending = False
-        self.received = 0
 
 
 def script_signal_handler(
@@ -101,7 +100,6 @@ def script_signal_handler(
     affected. While the worker is in a critical section the exception is deferred until it
     leaves it.
     """
-    signal_object.received += 1
     if signal_object.critical:
         signal_object.pending = True
         return

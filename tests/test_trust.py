@@ -1,0 +1,78 @@
+"""What a worker sends is untrusted data: a forged message fails its own procedure only."""
+
+from __future__ import annotations
+
+import pytest
+
+from ska_oso_oet.procedure import messages as m
+from ska_oso_oet.procedure.application import PrepareProcessCommand, StartProcessCommand
+from ska_oso_oet.procedure.domain import ProcedureInput, ProcedureState
+from tests.conftest import script
+
+S = ProcedureState
+TIMEOUT = 20
+
+
+@pytest.mark.parametrize("kind", ["pickle", "state", "garbage", "huge"])
+def test_a_forged_message_fails_only_its_own_procedure(make_service, tmp_path, kind):
+    ses = make_service(max_running=2)
+    marker = tmp_path / "planted"
+    bystander = ses.prepare(PrepareProcessCommand(script("sleeper.py"), ProcedureInput()))
+    forger = ses.prepare(PrepareProcessCommand(script("forger.py"), ProcedureInput()))
+    for summary in (bystander, forger):
+        ses.wait_for_state(summary.id, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(bystander.id, "main", ProcedureInput(seconds=0.5)))
+    ses.start(StartProcessCommand(forger.id, "main", ProcedureInput(kind, str(marker))))
+
+    ended = ses.wait_for_state(forger.id, [S.COMPLETE, S.FAILED, S.STOPPED], TIMEOUT)
+    assert ended.state is S.FAILED
+    assert "sent an invalid message" in ended.history.stacktrace
+    assert not marker.exists()  # the pickle was never unpickled
+    assert ses.wait_for_state(bystander.id, [S.COMPLETE, S.FAILED], TIMEOUT).state is S.COMPLETE
+    # and the service goes on serving
+    again = ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
+    assert ses.wait_for_state(again.id, S.READY, TIMEOUT).state is S.READY
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"kind": "eval", "code": "1"}',
+        b'{"kind": "state", "state": "READY"}',
+        b'{"kind": "state", "state": "READY", "time": true}',
+        b'{"kind": "state", "state": "READY", "time": 1, "functions": [1]}',
+        b'{"kind": "state", "state": "READY", "time": 1, "extra": 1}',
+        b'{"kind": "exit", "state": "COMPLETE", "stacktrace": null, "killed": ["1"]}',
+        b'{"kind": "pubsub", "topic": 3, "kwargs": {}}',
+        b"[" * 100000,
+    ],
+)
+def test_decoding_refuses_anything_but_a_valid_record(body):
+    with pytest.raises(m.ProtocolError):
+        m.decode_from_worker(body)
+
+
+def test_records_round_trip_and_unencodable_payloads_go_as_repr():
+    for msg in (
+        m.StateChange("READY", 1.5, ["main"], None),
+        m.Exit("FAILED", "Traceback", [12, 13]),
+        m.PubSub("user.topic", {"n": 1, "nested": {"x": [1, "a"]}}),
+    ):
+        frame = m.encode_from_worker(msg)
+        assert m.FrameReader(m.MAX_FROM_WORKER).feed(frame) == [frame[4:]]
+        assert m.decode_from_worker(frame[4:]) == msg
+    frame = m.encode_from_worker(m.PubSub("t", {"obj": object}))
+    assert m.decode_from_worker(frame[4:]) == m.PubSub("t", {"obj": repr(object)})
+
+
+def test_frames_split_anywhere_are_reassembled_and_oversized_ones_refused():
+    frames = b"".join(m.encode_from_worker(m.Exit("COMPLETE", None, [i])) for i in range(3))
+    reader = m.FrameReader(1000)
+    bodies = [body for byte in range(len(frames)) for body in reader.feed(frames[byte : byte + 1])]
+    assert [m.decode_from_worker(b) for b in bodies] == [
+        m.Exit("COMPLETE", None, [i]) for i in range(3)
+    ]
+    with pytest.raises(m.ProtocolError):
+        m.FrameReader(10).feed(m.encode_from_worker(m.Exit("COMPLETE", "x" * 20, [])))
