@@ -122,7 +122,9 @@ def test_a_forced_start_of_a_missing_function_fails_the_procedure(ses):
     ses.start(StartProcessCommand(summary.id, "nope", ProcedureInput(), force_start=True))
     final = ses.wait_for_state(summary.id, FINAL, TIMEOUT)
     assert final.state is S.FAILED
-    assert "no function named 'nope'" in final.history.stacktrace
+    assert final.history.stacktrace.startswith(
+        "The script has no function 'nope' that a Start may call (its own functions: main)"
+    )
 
 
 def test_unknown_ids_are_refused(ses):

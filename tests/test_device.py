@@ -353,3 +353,19 @@ def test_two_devices_in_one_server_keep_their_procedures_apart():
             s["script"]["script_uri"] for event in events_two.events for s in event
         }
         assert scripts_seen_by_two == {f"file://{SCRIPTS / 'with_init.py'}"}
+
+
+def test_a_start_whose_arguments_do_not_fit_is_an_invalid_request(device, tmp_path):
+    events = SummaryEvents(device)
+    pid = prepare(device, "styles.py", subarray_id=2)["id"]
+    events.wait_for(pid, {"READY"})
+    with pytest.raises(tango.DevFailed) as caught:
+        start(device, pid, marker="m", bogus=1)
+    error = caught.value.args[0]
+    assert error.reason == "OET_InvalidRequest"
+    assert "unexpected keyword argument 'bogus'" in error.desc and "still READY" in error.desc
+    with pytest.raises(tango.DevFailed, match="has no function 'run'"):
+        start(device, pid, "run")
+    assert json.loads(device.Summarise(json.dumps([pid])))[0]["state"] == "READY"
+    start(device, pid, marker=str(tmp_path / "called.json"))
+    assert events.wait_for(pid, FINAL)["state"] == "COMPLETE"

@@ -42,7 +42,8 @@ def test_a_forged_message_fails_only_its_own_procedure(make_service, tmp_path, k
         b'{"kind": "eval", "code": "1"}',
         b'{"kind": "state", "state": "READY"}',
         b'{"kind": "state", "state": "READY", "time": true}',
-        b'{"kind": "state", "state": "READY", "time": 1, "functions": [1]}',
+        b'{"kind": "state", "state": "READY", "time": 1, "callables": {"main": [1]}}',
+        b'{"kind": "state", "state": "READY", "time": 1, "callables": {"x y": null}}',
         b'{"kind": "state", "state": "READY", "time": 1, "extra": 1}',
         b'{"kind": "exit", "state": "COMPLETE", "stacktrace": null, "killed": ["1"]}',
         b'{"kind": "pubsub", "topic": 3, "kwargs": {}}',
@@ -56,7 +57,12 @@ def test_decoding_refuses_anything_but_a_valid_record(body):
 
 def test_records_round_trip_and_unencodable_payloads_go_as_repr():
     for msg in (
-        m.StateChange("READY", 1.5, ["main"], None),
+        m.StateChange(
+            "READY",
+            1.5,
+            {"main": {"text": "(x=1)", "params": [["x", "POSITIONAL_OR_KEYWORD", True]]}},
+            None,
+        ),
         m.Exit("FAILED", "Traceback", [12, 13]),
         m.PubSub("user.topic", {"n": 1, "nested": {"x": [1, "a"]}}),
     ):

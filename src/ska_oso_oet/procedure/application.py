@@ -22,8 +22,10 @@ from typing import Any
 from pubsub import pub
 
 from ska_oso_oet.procedure import settings
+from ska_oso_oet.procedure.callables import check_call
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.errors import (
+    InvalidArgumentsError,
     ProcedureError,
     ProcedureStateError,
     ScriptRejectedError,
@@ -44,6 +46,7 @@ from ska_oso_oet.procedure.supervisor import ManagementListener, Supervisor
 __all__ = [
     "AbortSummary",
     "ArgCapture",
+    "InvalidArgumentsError",
     "PrepareProcessCommand",
     "ProcedureError",
     "ProcedureHistory",
@@ -135,7 +138,7 @@ class _Record:
     script: ExecutableScript
     history: ProcedureHistory
     script_args: list[ArgCapture]
-    functions: list[str] | None = None
+    callables: dict[str, Any] | None = None  # at READY: name -> signature spec (or None)
     claims_run: bool = False  # a start was accepted and its function has not ended
 
 
@@ -329,12 +332,21 @@ class ScriptExecutionService:
             rec = self._record(pid)
             if rec.claims_run or self._states[pid] is ProcedureState.RUNNING:
                 raise ProcedureStateError(f"Procedure {pid} is already running a function")
-            if rec.functions is not None and fn_name not in rec.functions:
-                have = ", ".join(rec.functions) or "none"
+            if rec.callables is not None and fn_name not in rec.callables:
+                have = ", ".join(sorted(rec.callables)) or "none"
                 raise ProcedureError(
                     f"The script of procedure {pid} has no function {fn_name!r} "
                     f"(its functions: {have})"
                 )
+            spec = rec.callables.get(fn_name) if rec.callables is not None else None
+            if spec is not None:
+                try:
+                    check_call(spec, cmd.run_args.args, cmd.run_args.kwargs)
+                except TypeError as exc:
+                    raise InvalidArgumentsError(
+                        f"{fn_name}{spec['text']} of procedure {pid} cannot be called with "
+                        f"these arguments: {exc}; the procedure is still READY"
+                    ) from None
             running = [p for p, r in self._records.items() if r.claims_run]
             if respect_limit and len(running) >= self.max_running:
                 raise ProcedureStateError(
@@ -503,8 +515,8 @@ class ScriptExecutionService:
             if info:
                 if info.get("stacktrace"):
                     rec.history.stacktrace = info["stacktrace"]
-                if "functions" in info:
-                    rec.functions = list(info["functions"])
+                if "callables" in info:
+                    rec.callables = dict(info["callables"])
                 if info.get("git_commit") and isinstance(rec.script, GitScript):
                     git_args = dataclasses.replace(
                         rec.script.git_args, git_commit=info["git_commit"]

@@ -15,5 +15,9 @@ class ProcedureStateError(ProcedureError):
     """The procedure is not in a state that allows the request."""
 
 
+class InvalidArgumentsError(ProcedureError, ValueError):
+    """A Start's arguments do not fit the signature of the function it names."""
+
+
 class ScriptRejectedError(ProcedureError, ValueError):
     """The script named in a request may not, or cannot, be loaded."""

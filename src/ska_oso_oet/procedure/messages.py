@@ -21,10 +21,14 @@ import pickle
 import struct
 from typing import Any
 
+from ska_oso_oet.procedure.callables import valid_spec
+
 #: Frame header: the body's length.
 HEADER = struct.Struct("!I")
 #: Largest frame a worker may send (a script's pub/sub payload included).
 MAX_FROM_WORKER = 16 * 1024 * 1024
+#: Most callables a script may offer a Start.
+MAX_CALLABLES = 10_000
 
 
 class ProtocolError(ValueError):
@@ -96,7 +100,8 @@ class StateChange:
 
     state: str
     time: float
-    functions: list[str] | None = None  # at READY: what a Start may call
+    # at READY: what a Start may call, each with its signature (callables.SignatureSpec)
+    callables: dict[str, Any] | None = None
     git_commit: str | None = None  # at IDLE after loading a git script: the commit loaded
 
 
@@ -146,6 +151,16 @@ def _str_list(value: Any, name: str, item: type) -> list[Any]:
     return list(value)
 
 
+def _callables(value: Any) -> dict[str, Any]:
+    _check(value, dict, "callables")
+    if len(value) > MAX_CALLABLES:
+        raise ProtocolError(f"more than {MAX_CALLABLES} callables")
+    for name, spec in value.items():
+        if not name.isidentifier() or not valid_spec(spec):
+            raise ProtocolError(f"callable {name[:80]!r} is not described correctly")
+    return dict(value)
+
+
 def decode_from_worker(body: bytes) -> FromWorker:
     """The record in ``body``; :class:`ProtocolError` unless it is exactly a valid one."""
     try:
@@ -162,11 +177,11 @@ def decode_from_worker(body: bytes) -> FromWorker:
         raise ProtocolError(f"unexpected fields {sorted(set(doc) - expected)}")
     try:
         if cls is StateChange:
-            functions = doc.get("functions")
+            found = doc.get("callables")
             return StateChange(
                 state=_check(doc["state"], str, "state"),
                 time=float(_check(doc["time"], int | float, "time")),
-                functions=None if functions is None else _str_list(functions, "functions", str),
+                callables=None if found is None else _callables(found),
                 git_commit=_optional_str(doc, "git_commit"),
             )
         if cls is Exit:

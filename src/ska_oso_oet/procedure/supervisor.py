@@ -596,8 +596,8 @@ class Supervisor:
             except KeyError:
                 raise m.ProtocolError(f"unknown state {msg.state!r}") from None
             info: dict[str, Any] = {}
-            if msg.functions is not None:
-                info["functions"] = msg.functions
+            if msg.callables is not None:
+                info["callables"] = msg.callables
             if msg.git_commit is not None:
                 info["git_commit"] = msg.git_commit
             self._report(w.procedure_id, state, info or None, msg.time)

@@ -30,8 +30,8 @@ from typing import Any
 
 from pubsub import pub
 
+from ska_oso_oet.procedure import callables, proctree
 from ska_oso_oet.procedure import messages as m
-from ska_oso_oet.procedure import proctree
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.gitmanager import GitSettings
 from ska_oso_oet.procedure.scripts import (
@@ -55,6 +55,10 @@ class StopScript(BaseException):
     A BaseException, like KeyboardInterrupt, so that a script's ``except Exception`` does not
     swallow it; ``finally`` blocks and context managers still run.
     """
+
+
+class _Refused(Exception):
+    """The worker itself refuses a request (its message is the whole story)."""
 
 
 @dataclasses.dataclass
@@ -147,15 +151,8 @@ def _accepts_context(fn: Callable[..., Any]) -> bool:
 
 
 def script_functions(module: types.ModuleType) -> list[str]:
-    """Names of the functions a Start may call: public module-level callables."""
-    return sorted(
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_")
-        and callable(value)
-        and not isinstance(value, type)
-        and getattr(value, "__module__", None) == module.__name__
-    )
+    """Names a Start may call: the callables the script made (:mod:`.callables`)."""
+    return callables.allowed_names(module)
 
 
 class ScriptWorker:
@@ -211,6 +208,8 @@ class ScriptWorker:
             self._serve_tasks()
         except StopScript:
             self._exit(ProcedureState.STOPPED, None)
+        except _Refused as exc:
+            self._exit(ProcedureState.FAILED, str(exc))
         except SystemExit as exc:
             self._exit(ProcedureState.FAILED, _format_exit(exc))
         except BaseException as exc:
@@ -264,7 +263,10 @@ class ScriptWorker:
         if callable(init):
             self.publish_lifecycle(ProcedureState.INITIALISING)
             self._call(init, task.init_args, task.context)
-        self.publish_lifecycle(ProcedureState.READY, functions=script_functions(self.module))
+        offered = {
+            n: callables.describe(getattr(self.module, n)) for n in script_functions(self.module)
+        }
+        self.publish_lifecycle(ProcedureState.READY, callables=offered)
 
     def _assign(self, procedure_id: int) -> None:
         """The first message about a procedure: the worker is now its process (IDLE)."""
@@ -312,9 +314,14 @@ class ScriptWorker:
         return path
 
     def _run(self, fn_name: str, run_args: ProcedureInput, context: ScriptContext) -> None:
-        fn = getattr(self.module, fn_name, None)
-        if not callable(fn):
-            raise AttributeError(f"The script has no function named {fn_name!r}")
+        fn = None if self.module is None else callables.allowed(self.module, fn_name)
+        if fn is None:
+            # a force_start that arrived before READY is checked here, as is any rebinding
+            have = ", ".join(script_functions(self.module)) if self.module else ""
+            raise _Refused(
+                f"The script has no function {fn_name!r} that a Start may call (its own "
+                f"functions: {have or 'none'}); imported functions cannot be called"
+            )
         self.run_state = RunThreadState(threading.current_thread(), fn_name)
         self.publish_lifecycle(ProcedureState.RUNNING)
         try:
@@ -367,11 +374,11 @@ class ScriptWorker:
         self,
         new_state: ProcedureState,
         *,
-        functions: list[str] | None = None,
+        callables: dict[str, Any] | None = None,
         git_commit: str | None = None,
     ) -> None:
         """Broadcast a lifecycle status change event."""
-        self._send(m.StateChange(new_state.name, time.time(), functions, git_commit))
+        self._send(m.StateChange(new_state.name, time.time(), callables, git_commit))
 
     def republish(self, topic: Any = pub.AUTO_TOPIC, **kwargs: Any) -> None:
         """Republish a local pypubsub event over the inter-process event bus."""

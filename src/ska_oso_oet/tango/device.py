@@ -21,9 +21,14 @@ from tango.server import attribute, command, device_property
 
 from ska_oso_oet.procedure import settings, ui
 from ska_oso_oet.procedure.application import ProcedureSummary, ScriptExecutionService
-from ska_oso_oet.procedure.errors import ProcedureError, UnknownProcedureError
+from ska_oso_oet.procedure.errors import (
+    InvalidArgumentsError,
+    ProcedureError,
+    UnknownProcedureError,
+)
 from ska_oso_oet.procedure.scripts import FileSystemScript
 from ska_oso_oet.procedure.states import ProcedureState
+from ska_oso_oet.procedure.ui import server as rest
 from ska_oso_oet.tango.ska import ACCEPTING_MODES, AdminMode, HealthState, SKADevice
 
 LOGGER = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ def translate_errors(fn: F) -> F:
         except tango.DevFailed:
             raise
         except ui.RequestError as exc:
+            _throw("OET_InvalidRequest", str(exc), origin)
+        except InvalidArgumentsError as exc:
             _throw("OET_InvalidRequest", str(exc), origin)
         except UnknownProcedureError as exc:
             _throw("OET_UnknownProcedure", str(exc), origin)
@@ -85,6 +92,19 @@ class ObservationExecutionTool(SKADevice):
     GitTimeout = _property("git_timeout")
     MaxEnvironments = _property("max_environments")
     EnvironmentTimeout = _property("install_timeout")
+    # The REST API served beside the device (procedure.ui.server); not settings of the service.
+    RestPort = device_property(
+        dtype=int,
+        doc="TCP port of the REST API (0: off; not set: $OET_REST_PORT, else off)",
+    )
+    RestHost = device_property(
+        dtype=str,
+        doc="Address the REST API listens on (not set: $OET_REST_HOST, else 127.0.0.1); a "
+        "non-loopback address makes it reachable from other machines",
+    )
+    RestPrefix = device_property(
+        dtype=str, default_value=rest.DEFAULT_PREFIX, doc="Path prefix of the REST API"
+    )
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -92,6 +112,7 @@ class ObservationExecutionTool(SKADevice):
         super().init_device()
         self.init_ska()
         self._ses: ScriptExecutionService | None = None
+        self._rest: rest.RestServer | None = None
         # each procedure's summary as JSON text, and its state: only the changed one is
         # serialised again on a change
         self._summary_text: dict[int, str] = {}
@@ -114,6 +135,14 @@ class ObservationExecutionTool(SKADevice):
         self._pusher = threading.Thread(target=self._push_loop, name="oet-events", daemon=True)
         self._pusher.start()
         self._ses.add_listener(self._events.put)
+        self._rest = rest.serve(
+            self._ses,
+            self.RestHost,
+            self.RestPort,
+            prefix=self.RestPrefix,
+            refusal=self._refusal,
+            name=self.get_name(),
+        )
         self._update_state()
         # after an Init: tell subscribers that the list starts afresh
         self.push_change_event("procedureSummaries", self._summaries_json)
@@ -141,6 +170,9 @@ class ObservationExecutionTool(SKADevice):
         within a client's default timeout. The final states are pushed from this thread: the
         event thread cannot push while Init holds the device.
         """
+        if self._rest is not None:
+            self._rest.stop()
+            self._rest = None
         ses, self._ses = self._ses, None
         if ses is not None:
             self._events.put(None)
@@ -223,16 +255,21 @@ class ObservationExecutionTool(SKADevice):
 
     # -- commands ------------------------------------------------------------------------------
 
+    def _refusal(self) -> str | None:
+        """Why the device refuses to prepare or start scripts now; None when it accepts."""
+        if self._admin_mode in ACCEPTING_MODES:
+            return None
+        return (
+            f"The device is disabled (adminMode {self._admin_mode.name}); set adminMode "
+            "to ONLINE to prepare or start scripts"
+        )
+
     def _service(self, accepting: bool = False) -> ScriptExecutionService:
         if self._ses is None:
             _throw("OET_NotReady", self.get_status(), "ObservationExecutionTool")
-        if accepting and self._admin_mode not in ACCEPTING_MODES:
-            _throw(
-                "OET_Disabled",
-                f"The device is disabled (adminMode {self._admin_mode.name}); set adminMode "
-                "to ONLINE to prepare or start scripts",
-                "ObservationExecutionTool",
-            )
+        refusal = self._refusal() if accepting else None
+        if refusal:
+            _throw("OET_Disabled", refusal, "ObservationExecutionTool")
         assert self._ses is not None
         return self._ses
 
