@@ -9,10 +9,11 @@
 # replaced by /app, e.g. by the chart's dsconfig job). See docs/deployment.md.
 FROM python:3.11-slim
 
-# git: git:// scripts are cloned with it. tini: PID 1 that forwards SIGTERM to the server and
-# reaps orphaned grandchildren of the script workers.
+# git: git:// scripts are cloned with it; procps: pgrep, with which GitPython finds the helpers
+# of a git that overran GitTimeout to kill them too. tini: PID 1 that forwards SIGTERM to the
+# server and reaps orphaned grandchildren of the script workers.
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends git tini \
+    && apt-get install --yes --no-install-recommends git procps tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 1000 oet \
     && useradd --uid 1000 --gid 1000 --home-dir /var/lib/oet --create-home \

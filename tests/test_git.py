@@ -416,3 +416,113 @@ def test_a_cached_commit_does_not_wait_for_a_clone_of_another(git_ses, repo, tmp
         ses.wait_for_state(waiting.id, S.LOADING, 5)
     assert ses.wait_for_state(waiting.id, [S.READY, *FINAL], TIMEOUT).state is S.READY
     assert told.wait(1)[0]["value"] == "first"
+
+
+# -- git through GitPython --------------------------------------------------------------------
+
+
+def running_with(text: str) -> list[int]:
+    """PIDs of live processes whose command line holds ``text`` (zombies have none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize(
+    "commit, op", [(None, "ls-remote"), ("0123456789abcdef0123456789abcdef01234567", "clone")]
+)
+def test_a_hung_git_is_killed_with_its_helpers_within_the_git_timeout(
+    silent_server, tmp_path, no_leftover_processes, commit, op
+):
+    from ska_oso_oet.procedure import gitmanager, proctree
+
+    url = f"http://127.0.0.1:{silent_server}/scripts.git"
+    settings = gitmanager.GitSettings(cache_dir=str(tmp_path / "cache"), git_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(
+        gitmanager.GitError, match=f"git {op} of repository {url} timed out after 2 s"
+    ):
+        gitmanager.checkout(GitArgs(git_repo=url, git_commit=commit), settings)
+    assert time.monotonic() - started < 10
+    # git-remote-http, which waited on the server, went with git (its command line names the URL)
+    assert proctree.poll_until(lambda: not running_with(url), 5), running_with(url)
+    repo_dir = tmp_path / "cache" / "clones" / gitmanager.repository_key(url)
+    if commit is None:  # asked of the remote, before anything is made
+        assert not repo_dir.exists()
+    else:  # the half-made clone was removed
+        assert [p.name for p in repo_dir.iterdir()] == [f".lock-{commit}"]
+
+
+def test_gitpython_refuses_option_like_and_ext_values_that_reach_it(repo, tmp_path):
+    """Second line of defence: values that check_git_args would refuse never reach git, but
+    GitPython's own checks refuse them too, before git starts."""
+    from ska_oso_oet.procedure.gitmanager import GitError, run_git
+
+    pwned = tmp_path / "pwned"
+    for args, refused in [
+        (["ls-remote", "--", f"--upload-pack=touch {pwned}", "HEAD"], "--upload-pack"),
+        (["ls-remote", "--", f"ext::sh -c touch% {pwned}", "HEAD"], "ext::"),
+        (["clone", "--quiet", "--", f"-utouch {pwned}", str(tmp_path / "c")], "-u"),
+        (["clone", "--quiet", "--", f"ext::sh -c touch% {pwned}", str(tmp_path / "c")], "ext::"),
+        (["clone", "--config=core.sshCommand=x", "--", repo.url, str(tmp_path / "c")], "--config"),
+    ]:
+        with pytest.raises(
+            GitError, match=f"git {args[0]} of repository r was refused: .*{refused}"
+        ):
+            run_git(args, "r", 5)
+    assert not pwned.exists() and not (tmp_path / "c").exists()
+    # what is not refused runs
+    assert run_git(["ls-remote", "--", repo.url, "HEAD"], "r", 5).split("\t")[0] == repo.second
+
+
+def python_without(path: Path, code: str) -> str:
+    """Run ``code`` in a new interpreter whose PATH is ``path`` only; return its output."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": str(path), "HOME": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_worker_imports_without_git_and_a_git_script_then_says_git_is_missing(tmp_path):
+    out = python_without(
+        tmp_path,
+        "import sys\n"
+        "import ska_oso_oet.procedure.worker\n"
+        "from ska_oso_oet.procedure import gitmanager\n"
+        "print('git' in sys.modules)\n"  # GitPython is imported only by a git command
+        "try:\n"
+        "    gitmanager.resolve_commit(gitmanager.GitArgs(git_repo='file:///x'), 5)\n"
+        "except gitmanager.GitError as exc:\n"
+        "    print(exc)\n",
+    )
+    assert out.splitlines()[0] == "False"
+    assert "git ls-remote of repository file:///x could not run: git is not installed" in out
+
+
+def test_git_is_not_run_where_a_hung_git_could_not_be_killed_with_its_helpers(repo, tmp_path):
+    import shutil
+
+    only_git = tmp_path / "bin"
+    only_git.mkdir()
+    (only_git / "git").symlink_to(shutil.which("git"))  # no pgrep, no ps
+    out = python_without(
+        only_git,
+        "from ska_oso_oet.procedure import gitmanager\n"
+        "try:\n"
+        f"    gitmanager.resolve_commit(gitmanager.GitArgs(git_repo={repo.url!r}), 5)\n"
+        "except gitmanager.GitError as exc:\n"
+        "    print(exc)\n",
+    )
+    assert "was not run" in out and "neither pgrep nor ps is installed" in out

@@ -5,8 +5,10 @@ repository and commit, made once however many procedures ask for it at the same 
 lock serialises them, across processes) and reused afterwards.
 
 Security: a repository URL must match one of the operator's allowed patterns, and branch,
-commit and URL values are checked before any git command runs. Git runs without a shell,
-with arguments after ``--``, with only the usual transports allowed and never prompting.
+commit and URL values are checked before any git command runs. Git runs through GitPython
+(imported only when a git script needs it), without a shell, with user values after ``--``,
+with GitPython's unsafe protocol and option checks on, with only the usual transports allowed,
+never prompting, and killed with its helpers when it overruns its timeout.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -137,45 +137,83 @@ def repository_key(url: str) -> str:
     return f"{tail}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
 
 
-def _git_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        GIT_ALLOW_PROTOCOL=GIT_PROTOCOLS,
-        GIT_HTTP_LOW_SPEED_LIMIT="1000",
-        GIT_HTTP_LOW_SPEED_TIME="30",
-        GIT_SSH_COMMAND="ssh -o BatchMode=yes -o ConnectTimeout=10",
-        LC_ALL="C",
-    )
-    return env
+# Every git command runs with these on top of this process's environment: only the usual
+# transports, never a prompt, stalled transfers and unanswered ssh connections abandoned.
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
+    "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+    "GIT_HTTP_LOW_SPEED_TIME": "30",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10",
+    "LC_ALL": "C",
+}
 
 
 def run_git(args: list[str], repo: str, timeout: float, cwd: str | None = None) -> str:
-    """Run git with ``args`` (no shell); its own process group is killed on timeout."""
-    proc = subprocess.Popen(
-        ["git", *args],
-        cwd=cwd,
-        env=_git_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    """Run ``git args[0] args[1:]`` through GitPython and return its output.
+
+    No shell; stdin is /dev/null; GitPython's own checks for unsafe protocols and options are
+    applied to every argument; after ``timeout`` seconds GitPython kills git and the helpers
+    it started (``kill_after_timeout``).
+    """
+    op, rest = args[0], args[1:]
+    # imported here, not with the module (which every worker imports): importing GitPython
+    # runs `git version`, takes tens of milliseconds, and fails where git is not installed
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        import git
+    except ImportError as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GitError(
-            f"git {args[0]} of repository {repo} timed out after {timeout:g} s "
-            "(is the repository reachable from here?)"
+            f"git {op} of repository {repo} could not run: git is not installed here or "
+            f"not on PATH (GitPython: {cause})"
         ) from None
-    if proc.returncode != 0:
+    # GitPython finds the helpers of a git it must kill (git-remote-https, ssh) with pgrep or
+    # ps; without both it would kill git alone, and a helper still waiting on the network
+    # would keep git's output open, and this call waiting, long after the timeout.
+    if shutil.which("pgrep") is None and shutil.which("ps") is None:
+        raise GitError(
+            f"git {op} of repository {repo} was not run: a git that overruns its timeout "
+            "could not be killed with its helpers, as neither pgrep nor ps is installed "
+            "(install procps)"
+        )
+    unsafe_options = {
+        "clone": git.Repo.unsafe_git_clone_options,
+        "ls-remote": git.Git.unsafe_git_ls_remote_options,
+    }.get(op, [])
+    try:
+        for arg in rest:
+            git.Git.check_unsafe_protocols(arg)
+        git.Git.check_unsafe_options(
+            options=[a for a in rest if a.startswith("-")], unsafe_options=unsafe_options
+        )
+    except (git.exc.UnsafeProtocolError, git.exc.UnsafeOptionError) as exc:
+        raise GitError(f"git {op} of repository {repo} was refused: {exc}") from None
+    # GitPython's git <op> (runner.ls_remote, runner.clone, ...): runs ["git", op, *rest]
+    command = getattr(git.Git(cwd), op.replace("-", "_"))
+    started = time.monotonic()
+    try:
+        status, out, err = command(
+            *rest,
+            env=_GIT_ENV,
+            shell=False,
+            kill_after_timeout=timeout,
+            with_extended_output=True,
+            with_exceptions=False,
+        )
+    except git.exc.GitCommandNotFound as exc:
+        raise GitError(
+            f"git {op} of repository {repo} could not run: git is not installed here ({exc})"
+        ) from None
+    if status != 0 and time.monotonic() - started >= timeout:
+        raise GitError(
+            f"git {op} of repository {repo} timed out after {timeout:g} s "
+            "(is the repository reachable from here?)"
+        )
+    if status != 0:
         lines = [line.strip() for line in err.strip().splitlines() if line.strip()]
-        cause = " ".join(lines[-6:]) if lines else f"exit code {proc.returncode}"
-        raise GitError(f"git {args[0]} of repository {repo} failed: {cause}")
-    return out
+        cause = " ".join(lines[-6:]) if lines else f"exit code {status}"
+        raise GitError(f"git {op} of repository {repo} failed: {cause}")
+    return str(out)
 
 
 def resolve_commit(args: GitArgs, timeout: float) -> str | None:
@@ -233,6 +271,7 @@ def checkout(args: GitArgs, settings: GitSettings) -> tuple[str, str]:
             return found, os.path.basename(found)
         tmp = tempfile.mkdtemp(prefix=".clone-", dir=repo_dir)
         try:
+            # not GitPython's Repo.clone_from, which waits for git without the timeout
             run_git(
                 ["clone", "--quiet", "--no-checkout", "--", args.git_repo, tmp],
                 args.git_repo,
