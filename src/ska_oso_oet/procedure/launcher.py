@@ -328,8 +328,9 @@ def _handle_request(
 def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=int(argv[0]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the server to handle
-    # the worker, what a git script's environment needs, then the operator's modules
-    own = ["ska_oso_oet.procedure.worker", "ska_oso_oet.procedure.environment"]
+    # the worker, then the operator's modules (a git script's environment code is imported
+    # only by the workers that need it: every module preloaded here costs each worker's exit)
+    own = ["ska_oso_oet.procedure.worker"]
     for name in [*own, *argv[1:]]:
         try:
             importlib.import_module(name)

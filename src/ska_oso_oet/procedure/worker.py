@@ -443,6 +443,10 @@ def kill_descendants() -> list[int]:
     The worker is a child subreaper, so an orphaned grandchild is re-parented to it and is
     still found here.
     """
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return []  # no child at all, living or not: nothing to walk (the common case)
     return proctree.freeze_and_kill_descendants(os.getpid())
 
 
