@@ -369,3 +369,14 @@ def test_a_start_whose_arguments_do_not_fit_is_an_invalid_request(device, tmp_pa
     assert json.loads(device.Summarise(json.dumps([pid])))[0]["state"] == "READY"
     start(device, pid, marker=str(tmp_path / "called.json"))
     assert events.wait_for(pid, FINAL)["state"] == "COMPLETE"
+
+
+def test_list_scripts_reads_the_script_roots_without_running_anything(device):
+    entries = json.loads(device.ListScripts(""))
+    by_uri = {e["script_uri"]: e for e in entries}
+    hello = by_uri[f"file://{SCRIPTS / 'hello.py'}"]
+    assert "main" in [f["name"] for f in hello["functions"]]
+    assert by_uri[f"file://{SCRIPTS / 'syntax_error.py'}"]["error"].startswith("SyntaxError")
+    assert any(uri.endswith("/abort.py") for uri in by_uri)  # the second root
+    with pytest.raises(tango.DevFailed, match="takes no argument"):
+        device.ListScripts("[1]")

@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=["create"],
         parents=[common],
         help="load a script into a new procedure (runs its init)",
+        description="Load a script into a new procedure (runs its init). `oet scripts` lists "
+        "the scripts the device may load, with their functions and signatures.",
     )
     p.add_argument("uri", help="file:///abs/script.py, git://path/in/repo.py, or a path")
     add_call_args(p, "init")
@@ -369,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", parents=[common], help="one procedure in full")
     p.add_argument("id", type=_positive_id)
     sub.add_parser("listen", parents=[common], help="print state changes until Ctrl-C")
+    sub.add_parser(
+        "scripts",
+        parents=[common],
+        help="the scripts under the device's ScriptRoots, with their functions (read, not run)",
+    )
     return parser
 
 
@@ -405,7 +412,31 @@ def request_for(args: argparse.Namespace) -> tuple[str, str]:
         return "Summarise", ""
     if args.command == "describe":
         return "Summarise", json.dumps([args.id])
+    if args.command == "scripts":
+        return "ListScripts", ""
     raise UsageError(f"unknown command {args.command!r}")
+
+
+def format_catalogue(entries: list[dict[str, Any]]) -> str:
+    """The catalogue: each script's URI and first doc line, then its functions."""
+    if not entries:
+        return "No scripts under the device's ScriptRoots."
+    lines: list[str] = []
+    for entry in entries:
+        lines.append(str(entry.get("script_uri")))
+        if entry.get("error"):
+            lines.append(f"    cannot be read: {entry['error']}")
+            continue
+        doc = (entry.get("doc") or "").strip().splitlines()
+        if doc:
+            lines.append(f"    {doc[0]}")
+        for fn in entry.get("functions") or []:
+            text = (
+                f"    {'async ' if fn.get('async') else ''}{fn.get('name')}{fn.get('signature')}"
+            )
+            first = (fn.get("doc") or "").strip().splitlines()
+            lines.append(f"{text}  - {first[0]}" if first else text)
+    return "\n".join(lines)
 
 
 def decode(reply: str) -> Any:
@@ -429,6 +460,8 @@ def render(args: argparse.Namespace, reply: str) -> str:
         return text
     if args.command == "list":
         return format_summaries(value)
+    if args.command == "scripts":
+        return format_catalogue(value)
     if args.command == "describe":
         matching = [s for s in value if s.get("id") == args.id]
         if not matching:

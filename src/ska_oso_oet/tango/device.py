@@ -9,6 +9,7 @@ business rule lives here.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import queue
 import threading
@@ -19,7 +20,7 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from ska_oso_oet.procedure import settings, ui
+from ska_oso_oet.procedure import catalogue, settings, ui
 from ska_oso_oet.procedure.application import ProcedureSummary, ScriptExecutionService
 from ska_oso_oet.procedure.errors import (
     InvalidArgumentsError,
@@ -318,6 +319,20 @@ class ObservationExecutionTool(SKADevice):
     def Summarise(self, request: str) -> str:
         ses = self._service()
         return ui.to_json(ses.summarise(ui.parse_ids(request)))
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='""',
+        doc_out='JSON list: [{"script_uri": ..., "doc": ..., "functions": [{"name": ..., '
+        '"signature": ..., "doc": ...}]}] for every .py file under ScriptRoots, read without '
+        "running it",
+    )
+    @translate_errors
+    def ListScripts(self, request: str) -> str:
+        if request.strip() not in ("", '""'):
+            raise ui.RequestError('ListScripts takes no argument: send ""')
+        return json.dumps(catalogue.list_scripts(self.ScriptRoots))
 
     # -- attributes ----------------------------------------------------------------------------
 
