@@ -6,6 +6,7 @@
     oet list
     oet describe 1
     oet listen
+    oet scripts                  # the scripts the device may load, their functions and signatures
 
 The device is ``--device`` or ``$OET_DEVICE`` (default ``oet/executor/1``) on ``$TANGO_HOST``.
 Tables are for people; ``--json`` prints the JSON the device returned. Argument values are
@@ -417,25 +418,56 @@ def request_for(args: argparse.Namespace) -> tuple[str, str]:
     raise UsageError(f"unknown command {args.command!r}")
 
 
+def printable(value: Any) -> str:
+    """``value`` as text with no control characters (a file name or a docstring cannot move
+    the cursor or recolour the terminal): each is shown escaped, e.g. ``\\x1b``."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _first_line(text: Any) -> str:
+    lines = str(text or "").strip().splitlines()
+    return printable(lines[0]) if lines else ""
+
+
+def _binding_note(fn: dict[str, Any]) -> str:
+    """``[init binds it: partial of _main]`` for a callable the source binds, else ``""``."""
+    kind, wraps = fn.get("kind"), fn.get("wraps")
+    where = "init binds it" if fn.get("bound_in") == "init" else ""
+    what = {
+        "partial": f"partial of {wraps}",
+        "instance": f"instance of {wraps}",
+        "method": f"method {wraps}",
+        "class": "a class: calling it makes an instance",
+        "imported": "imported; __all__ lists it",
+        "unknown": "known only when it runs",
+    }.get(str(kind), "")
+    text = ": ".join(part for part in (where, what) if part)
+    return f"  [{printable(text)}]" if text else ""
+
+
 def format_catalogue(entries: list[dict[str, Any]]) -> str:
     """The catalogue: each script's URI and first doc line, then its functions."""
     if not entries:
         return "No scripts under the device's ScriptRoots."
     lines: list[str] = []
     for entry in entries:
-        lines.append(str(entry.get("script_uri")))
+        uri = printable(entry.get("script_uri"))
+        lines.append(uri)
         if entry.get("error"):
-            lines.append(f"    cannot be read: {entry['error']}")
+            lead = "" if uri.endswith("/") else "cannot be read: "  # a folder: a bound's note
+            lines.append(f"    {lead}{printable(entry['error'])}")
             continue
-        doc = (entry.get("doc") or "").strip().splitlines()
+        doc = _first_line(entry.get("doc"))
         if doc:
-            lines.append(f"    {doc[0]}")
+            lines.append(f"    {doc}")
         for fn in entry.get("functions") or []:
-            text = (
-                f"    {'async ' if fn.get('async') else ''}{fn.get('name')}{fn.get('signature')}"
-            )
-            first = (fn.get("doc") or "").strip().splitlines()
-            lines.append(f"{text}  - {first[0]}" if first else text)
+            text = f"    {'async ' if fn.get('async') else ''}{printable(fn.get('name'))}"
+            text += printable(fn.get("signature")) + _binding_note(fn)
+            first = _first_line(fn.get("doc"))
+            lines.append(f"{text}  - {first}" if first else text)
     return "\n".join(lines)
 
 

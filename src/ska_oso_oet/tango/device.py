@@ -79,6 +79,7 @@ class ObservationExecutionTool(SKADevice):
     """Runs observing scripts, each in its own supervised process."""
 
     _next_id = 1  # procedure IDs go on increasing across Init
+    _catalogue: tuple[list[str], catalogue.Catalogue] | None = None  # ListScripts' (roots, it)
 
     # The service's settings, each declared once in procedure.settings.
     ScriptRoots = _property("script_roots")
@@ -332,7 +333,10 @@ class ObservationExecutionTool(SKADevice):
     def ListScripts(self, request: str) -> str:
         if request.strip() not in ("", '""'):
             raise ui.RequestError('ListScripts takes no argument: send ""')
-        return json.dumps(catalogue.list_scripts(self.ScriptRoots))
+        roots = list(self.ScriptRoots)  # none: [], as the device accepts no file script then
+        if self._catalogue is None or self._catalogue[0] != roots:
+            self._catalogue = (roots, catalogue.Catalogue(roots))  # keeps what it parsed
+        return json.dumps(self._catalogue[1].list())
 
     # -- attributes ----------------------------------------------------------------------------
 
