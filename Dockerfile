@@ -46,6 +46,10 @@ VOLUME ["/var/lib/oet/.cache"]
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 1000:1000
 
+# The REST API beside the device, when asked for: -e OET_REST_PORT=5000 -e OET_REST_HOST=0.0.0.0
+# (off by default; OET_REST_HOST=0.0.0.0 makes it reachable through the published port).
+EXPOSE 5000
+
 # Healthy while the device answers a ping through the Tango database at TANGO_HOST.
 # OET_DEVICE must name the device of the instance this container serves.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \

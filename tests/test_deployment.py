@@ -141,6 +141,26 @@ def test_dockerfile_is_what_the_docs_say() -> None:
     assert "`oet` (uid 1000, gid 1000)" in docs
 
 
+def test_the_rest_port_agrees_in_the_image_the_chart_make_run_and_the_docs() -> None:
+    """One REST port: the image EXPOSEs it, the chart's rest.port (off unless rest.enabled)
+    and make run (device 1) use it, and docs/deployment.md says so."""
+    docs = " ".join(DOCS.read_text().split())
+    rest = values()["rest"]
+    assert rest == {"enabled": False, "port": run.DEFAULT_REST_PORT}
+    assert instruction("EXPOSE") == str(run.DEFAULT_REST_PORT)
+    assert f"EXPOSE {run.DEFAULT_REST_PORT}" in docs
+    assert "rest.enabled" in docs and "OET_REST_PORT" in docs and "OET_REST_HOST" in docs
+    # make run: device k on port + k - 1, and 0 turns REST off
+    env = {"OET_REST_PORT": "6000"}
+    assert run.rest_port_base(env) == 6000 and run.rest_port_base({}) == run.DEFAULT_REST_PORT
+    assert run.rest_env(env, 6000, 3)["OET_REST_PORT"] == "6002"
+    assert run.rest_env({}, 0, 3)["OET_REST_PORT"] == "0"
+    assert run.rest_url(run.rest_env({}, 6000, 1)) == "http://127.0.0.1:6000/oet/api/v7"
+    assert run.rest_url(run.rest_env({}, 0, 1)) is None
+    with pytest.raises(ValueError, match="OET_REST_PORT"):
+        run.rest_port_base({"OET_REST_PORT": "http"})
+
+
 def test_dockerignore_keeps_only_what_the_image_copies() -> None:
     lines = [
         line.strip()
@@ -425,6 +445,9 @@ def test_server_started_as_the_chart_starts_it_passes_the_health_check(
         TANGO_ZMQ_HEARTBEAT_PORT=str(heartbeat),
         OET_DEVICE="oet/executor/2",
     )
+    # the chart's REST settings, on loopback here (the chart listens on 0.0.0.0)
+    rest_port = free_port()
+    env.update(OET_REST_PORT=str(rest_port), OET_REST_HOST="127.0.0.1")
     args = ["-ORBendPoint", f"giop:tcp:127.0.0.1:{orb}", "-ORBendPointPublish"]
     args.append(f"giop:tcp:localhost:{orb}")
     with open(tmp_path / "server.log", "wb") as log:
@@ -448,7 +471,10 @@ def test_server_started_as_the_chart_starts_it_passes_the_health_check(
             proxy.unsubscribe_event(sub)
             ports = listening(server.pid)
             assert {("127.0.0.1", orb), ("127.0.0.1", event), ("127.0.0.1", heartbeat)} <= ports
+            assert ("127.0.0.1", rest_port) in ports
             assert all(ip == "127.0.0.1" for ip, _ in ports), ports
+            rest_url = f"http://127.0.0.1:{rest_port}/oet/api/v7"
+            assert run.rest_answers(rest_url, "oet/executor/2")
 
             check = [sys.executable, *healthcheck()[1][1:]]
             ok = subprocess.run(check, env=env, capture_output=True, text=True, timeout=TIMEOUT)
@@ -482,6 +508,7 @@ def test_helm_renders_the_chart(tmp_path: pathlib.Path) -> None:
                 "subarrays": 3,
                 "tango_host": "tango-db.{{ .Release.Namespace }}:10000",
                 "image": {"registry": "registry.example", "tag": "9.9.9"},
+                "rest": {"enabled": True, "port": 5100},
             }
         )
     )
@@ -524,6 +551,8 @@ def test_helm_renders_the_chart(tmp_path: pathlib.Path) -> None:
         env = {e["name"]: e.get("value") for e in oet["env"]}
         assert env["TANGO_HOST"] == "tango-db.oso:10000"
         assert env["OET_DEVICE"] == f"oet/executor/{n}"
+        assert (env["OET_REST_PORT"], env["OET_REST_HOST"]) == ("5100", "0.0.0.0")
+        assert {"name": "rest", "containerPort": 5100} in oet["ports"]
         assert oet["readinessProbe"]["exec"]["command"] == check
         assert oet["livenessProbe"]["tcpSocket"]["port"] == "tango-server"
         assert oet["resources"] == values()["resources"]
@@ -532,3 +561,20 @@ def test_helm_renders_the_chart(tmp_path: pathlib.Path) -> None:
         assert pod["securityContext"]["runAsUser"] == 1000
         (init,) = pod["initContainers"]
         assert init["command"][1:4] == ["/etc/oet/wait_for_device.py", "/etc/oet/oet.json", str(n)]
+    for service in [d for d in docs if d["kind"] == "Service"]:
+        assert {"name": "rest", "port": 5100, "targetPort": "rest"} in service["spec"]["ports"]
+
+    # by default the REST API is off: no Service port, no container port, no environment
+    plain = subprocess.run(
+        [binary, "template", "rel", str(CHART), "-n", "oso"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode == 0, plain.stderr
+    rendered_plain = [d for d in yaml.safe_load_all(plain.stdout) if d]
+    assert "rest" not in plain.stdout.replace("restart", "")
+    for d in rendered_plain:
+        if d["kind"] == "StatefulSet":
+            (oet,) = d["spec"]["template"]["spec"]["containers"]
+            assert not {"OET_REST_PORT", "OET_REST_HOST"} & {e["name"] for e in oet["env"]}

@@ -8,7 +8,10 @@
 2. Registers the devices described by ``tango-db/oet.json`` (dsconfig), with ``@REPO@``
    replaced by the repository path; ``--devices N`` adds instances 2..N (``oet/executor/2``..).
 3. Starts one ``ObservationExecutionTool <instance>`` server per device and waits until each
-   device answers.
+   device answers. Each server serves its device's REST API on 127.0.0.1: device k on port
+   ``$OET_REST_PORT + k - 1`` (default 5000, so oet/executor/1 on 5000; ``OET_REST_PORT=0``
+   turns REST off), given to the server as its ``OET_REST_PORT`` (a ``RestPort`` device
+   property in the database overrides it).
 
 It then runs until Ctrl-C or SIGTERM and stops what it started (servers first, then the
 database), by PID. If one of its children dies on its own it says so, stops the rest and exits
@@ -30,15 +33,19 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from typing import IO, Any
 
 import tango
 
+from ska_oso_oet.procedure.ui import server as rest
+
 DEFAULT_TANGO_HOST = "localhost:10000"
 SERVER = "ObservationExecutionTool"
 LOOPBACK_ENDPOINT = "giop:tcp:127.0.0.1:"
 REPO_TOKEN = "@REPO@"
+DEFAULT_REST_PORT = 5000
 
 
 class LaunchError(RuntimeError):
@@ -310,14 +317,82 @@ class _Stop:
             raise KeyboardInterrupt
 
 
-def print_banner(tango_host: str, names: list[str], repo: pathlib.Path) -> None:
+def rest_port_base(env: Mapping[str, str]) -> int:
+    """The REST port of device 1: ``$OET_REST_PORT``, default 5000; 0 turns REST off."""
+    value = env.get(rest.PORT_ENV, "").strip() or str(DEFAULT_REST_PORT)
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"{rest.PORT_ENV} must be a TCP port number or 0, not {value!r}")
+    return int(value)
+
+
+def rest_env(env: Mapping[str, str], base: int, instance: int) -> dict[str, str]:
+    """The environment of server ``instance``: its REST port is base + instance - 1."""
+    port = base + instance - 1 if base else 0
+    if port > 65535:
+        raise LaunchError(f"no REST port for device {instance}: {base} + {instance - 1} > 65535")
+    return {**env, rest.PORT_ENV: str(port)}
+
+
+def rest_url(env: Mapping[str, str]) -> str | None:
+    """The base URL of the REST API a server started with ``env`` serves, or None (off)."""
+    port = int(env.get(rest.PORT_ENV) or 0)
+    if not port:
+        return None
+    host = env.get(rest.HOST_ENV, "").strip() or rest.DEFAULT_HOST
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{rest.url_host(host)}:{port}{rest.DEFAULT_PREFIX}"
+
+
+def rest_answers(url: str, device: str, timeout: float = 3.0) -> bool:
+    """True when the REST API of ``device`` answers at ``url`` (and not another program)."""
+    try:
+        with urllib.request.urlopen(f"{url}/openapi.json", timeout=timeout) as response:
+            title = str(json.load(response).get("info", {}).get("title", ""))
+    except (OSError, ValueError):
+        return False
+    return f"({device})" in title
+
+
+def print_banner(
+    tango_host: str,
+    names: list[str],
+    repo: pathlib.Path,
+    rest_urls: Mapping[str, str | None] | None = None,
+) -> None:
     first = names[0]
     scripts = repo / "scripts"
+    urls = rest_urls or {}
+    lines = []
+    for name in names:
+        url = urls.get(name)
+        if url is None:
+            continue
+        if rest_answers(url, name):
+            lines.append(f"  REST API of {name}: {url}  (docs: {url}/ui)")
+        else:
+            lines.append(f"  REST API of {name}: not serving at {url}; see the server's log")
+    rest_text = "\n".join(lines)
+    first_url = urls.get(first)
+    curl = (
+        f"""
+Or over REST (the same procedures; PUT the ID that POST returned):
+  curl {first_url}/procedures
+  curl -X POST {first_url}/procedures -H 'Content-Type: application/json' \\
+       -d '{{"script": {{"script_type": "filesystem", "script_uri": "file://{scripts}/hello.py"}}}}'
+  curl -X PUT {first_url}/procedures/1 -H 'Content-Type: application/json' \\
+       -d '{{"state": "RUNNING", "script_args": {{"main": {{"kwargs": {{"name": "REST"}}}}}}}}'
+  curl -N {first_url}/stream   # Server-Sent Events of every change
+"""
+        if first_url
+        else ""
+    )
     print(
         f"""
 The OET is ready.
   TANGO_HOST={tango_host}
   device(s): {", ".join(names)}
+{rest_text}
 
 In another shell (with this venv's bin on PATH, e.g. `source .venv/bin/activate`):
   export TANGO_HOST={tango_host}
@@ -329,7 +404,7 @@ In another shell (with this venv's bin on PATH, e.g. `source .venv/bin/activate`
   oet stop 2 --abort                             # stop it, then run scripts/abort.py
   oet list
   oet describe 1
-
+{curl}
 Ctrl-C stops the server(s) and the database this launcher started.
 """,
         flush=True,
@@ -360,8 +435,10 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
         config = load_config(repo=repo, devices=devices)
         register(config, tango_host)
         env = child_env(tango_host)
+        base = rest_port_base(env)
         instances = device_names(config)
         names: list[str] = []
+        urls: dict[str, str | None] = {}
         for instance in sorted(instances, key=int)[:devices]:
             served = [n for n in instances[instance] if device_answers(n, tango_host)]
             if served:
@@ -369,12 +446,14 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
                     f"{', '.join(served)} already answers on {tango_host}: another server "
                     "(another `make run`?) serves it; stop that one or use another TANGO_HOST"
                 )
-            server = start_server(instance, env)
+            server_env = rest_env(env, base, int(instance))
+            server = start_server(instance, server_env)
             started.append((f"the device server {SERVER}/{instance} (PID {server.pid})", server))
             for name in instances[instance]:
                 wait_for_device(name, tango_host=tango_host, proc=server)
                 names.append(name)
-        print_banner(tango_host, names, repo)
+                urls[name] = rest_url(server_env)
+        print_banner(tango_host, names, repo, urls)
 
         while True:
             for what, proc in started:
@@ -416,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     tango_host = os.environ.get("TANGO_HOST") or DEFAULT_TANGO_HOST
     try:
         parse_tango_host(tango_host)
+        rest_port_base(os.environ)
     except ValueError as exc:
         parser.error(str(exc))
     # This process is a client of what it starts; keep its own ORB on loopback too.

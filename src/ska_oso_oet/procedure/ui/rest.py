@@ -436,14 +436,18 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
+        in_body = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
+        not_json = "json" not in request.headers.get("content-type", "")
         if any(e.get("type") == "json_invalid" for e in errors):
             detail = "The request body is not valid JSON"
+        elif not_json and in_body and all(len(e.get("loc", ())) == 1 for e in in_body):
+            detail = (
+                "The request body must be JSON, sent with the header "
+                "Content-Type: application/json"
+            )
         else:
             detail = "Invalid request: " + describe_errors(errors, skip=("body", "path"))
-        if "body" in {str(e.get("loc", ("",))[0]) for e in errors}:
-            kind = request.headers.get("content-type", "")
-            if "json" not in kind:
-                detail += "; send the body as JSON, with the header Content-Type: application/json"
+        if in_body:
             example = PREPARE_EXAMPLE if request.method == "POST" else PUT_EXAMPLE
             detail += f"; expected e.g. {example}"
         brief = [
