@@ -34,6 +34,7 @@ DEFAULT_DEVICE = "oet/executor/1"
 PREFIX = "oet: error: "
 USAGE_ERROR = 2
 ERROR = 1
+LIST_SCRIPTS_TIMEOUT_MS = 60_000  # instead of Tango's 3 s
 
 
 class UsageError(Exception):
@@ -532,7 +533,10 @@ def _proxy(device: str) -> Any:
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     name, argin = request_for(args)
-    reply = _proxy(args.device).command_inout(name, argin)
+    proxy = _proxy(args.device)
+    if name == "ListScripts":  # a large tree read for the first time takes seconds
+        proxy.set_timeout_millis(LIST_SCRIPTS_TIMEOUT_MS)
+    reply = proxy.command_inout(name, argin)
     print(render(args, reply), file=out, flush=True)
     return 0
 

@@ -131,7 +131,16 @@ def render_signature(params: Iterable[Param], returns: str | None = None) -> str
 
 
 def _source(node: ast.AST | None) -> str | None:
-    return None if node is None else ast.unparse(node)
+    """``node`` as source text; the common simple nodes without ``ast.unparse``'s cost."""
+    if node is None:
+        return None
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Constant) and type(node.value) in (int, bool, type(None)):
+        return repr(node.value)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}"
+    return ast.unparse(node)
 
 
 def params_of(args: ast.arguments) -> list[Param]:
