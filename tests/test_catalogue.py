@@ -606,3 +606,19 @@ def test_the_cli_notes_what_init_binds_and_prints_no_control_characters():
         "    later(...)  [init binds it: known only when it runs]",
         "    root(...)  [imported; __all__ lists it]",
     ]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "x = " + "1 + " * 100_000 + "1\n",
+        "def main(x=" + "-" * 400_000 + "1):\n    pass\n",
+        "x = " + "[" * 300_000 + "]" * 300_000 + "\n",
+    ],
+)
+def test_a_source_nested_too_deep_is_listed_with_an_error(tmp_path, source):
+    (tmp_path / "deep.py").write_text(source)
+    [entry] = catalogue.list_scripts([str(tmp_path)])
+    assert entry["error"].split(":")[0] in ("RecursionError", "MemoryError", "SyntaxError")
+    assert entry["error"].split(":", 1)[1].strip()  # says why
+    assert entry["functions"] == []

@@ -467,8 +467,9 @@ def describe_source(source: bytes, filename: str = "<script>") -> Entry:
     except SyntaxError as exc:  # also IndentationError, undecodable bytes, null bytes
         where = f" (line {exc.lineno})" if exc.lineno else ""
         return {"error": f"{type(exc).__name__}: {exc.msg}{where}"}
-    except (ValueError, RecursionError, MemoryError) as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
+    except (ValueError, RecursionError, MemoryError) as exc:  # nested too deep to parse
+        why = str(exc) or "the source is too complex to parse"
+        return {"error": f"{type(exc).__name__}: {why}"}
 
 
 def _read(path: str, info: os.stat_result) -> Entry:
