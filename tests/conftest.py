@@ -127,6 +127,8 @@ def make_service(no_leftover_processes: None) -> Iterator[Any]:
     yield make
     for s in services:
         s.shutdown()
+    for s in services:  # every test of a service checks the state table held
+        assert s.illegal_transitions == []
 
 
 @pytest.fixture

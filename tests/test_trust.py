@@ -13,7 +13,7 @@ S = ProcedureState
 TIMEOUT = 20
 
 
-@pytest.mark.parametrize("kind", ["pickle", "state", "garbage", "huge"])
+@pytest.mark.parametrize("kind", ["pickle", "state", "final", "garbage", "huge"])
 def test_a_forged_message_fails_only_its_own_procedure(make_service, tmp_path, kind):
     ses = make_service(max_running=2)
     marker = tmp_path / "planted"

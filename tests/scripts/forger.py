@@ -31,6 +31,8 @@ def main(kind, marker):
         body = pickle.dumps(_Plant(marker))
     elif kind == "state":
         body = b'{"kind": "state", "state": "COMPLETE", "time": "soon"}'
+    elif kind == "final":  # well-formed, but only the supervisor reports a final state
+        body = b'{"kind": "state", "state": "COMPLETE", "time": 1.0}'
     elif kind == "huge":
         body = b""  # the header alone claims more than any message may have
         for fd in _sockets():

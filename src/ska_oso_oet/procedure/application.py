@@ -40,7 +40,7 @@ from ska_oso_oet.procedure.scripts import (
     ProcedureInput,
     is_within,
 )
-from ska_oso_oet.procedure.states import ProcedureState, is_allowed
+from ska_oso_oet.procedure.states import IllegalTransition, ProcedureState, check_transition
 from ska_oso_oet.procedure.supervisor import ManagementListener, Supervisor
 
 __all__ = [
@@ -221,6 +221,8 @@ class ScriptExecutionService:
             installer=installer,
             max_environments=max_environments,
         )
+        #: Transitions reported for a procedure that the state table refused: (id, old, new).
+        self.illegal_transitions: list[tuple[int, ProcedureState | None, ProcedureState]] = []
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._states: dict[int, ProcedureState] = {}
@@ -503,13 +505,13 @@ class ScriptExecutionService:
             if rec is None:
                 return
             old = self._states.get(pid)
-            if not is_allowed(old, state):
-                LOGGER.error(
-                    "Procedure %s: unexpected transition %s -> %s",
-                    pid,
-                    old.name if old else None,
-                    state.name,
-                )
+            try:
+                check_transition(old, state)
+            except IllegalTransition as exc:
+                # never applied: the table is the law; tests see the list
+                LOGGER.error("Procedure %s: refused the transition %s", pid, exc)
+                self.illegal_transitions.append((pid, old, state))
+                return
             self._states[pid] = state
             rec.history.process_states.append((state, when))
             if info:

@@ -44,6 +44,20 @@ TRANSITIONS: dict[ProcedureState, frozenset[ProcedureState]] = {
 _ALWAYS_ALLOWED = frozenset({S.FAILED, S.STOPPED, S.UNKNOWN})
 
 
+class IllegalTransition(ValueError):
+    """A state change that the transition table does not allow."""
+
+    def __init__(self, old: ProcedureState | None, new: ProcedureState) -> None:
+        super().__init__(f"{old.name if old else None} -> {new.name} is not allowed")
+        self.old, self.new = old, new
+
+
+def check_transition(old: ProcedureState | None, new: ProcedureState) -> None:
+    """Raise :class:`IllegalTransition` unless ``new`` may follow ``old``."""
+    if not is_allowed(old, new):
+        raise IllegalTransition(old, new)
+
+
 def is_allowed(old: ProcedureState | None, new: ProcedureState) -> bool:
     """True when ``new`` may follow ``old`` (``None``: the procedure is being created)."""
     if old is None:

@@ -595,6 +595,8 @@ class Supervisor:
                 state = ProcedureState[msg.state]
             except KeyError:
                 raise m.ProtocolError(f"unknown state {msg.state!r}") from None
+            if state.is_final:  # a final state is the supervisor's to report, at the exit
+                raise m.ProtocolError(f"a worker cannot report {state.name} as a state change")
             info: dict[str, Any] = {}
             if msg.callables is not None:
                 info["callables"] = msg.callables
