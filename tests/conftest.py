@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,9 +12,6 @@ import pytest
 from pubsub import pub
 
 from ska_oso_oet.procedure.application import ScriptExecutionService
-from ska_oso_oet.procedure.domain import FileSystemScript
-
-SCRIPTS = pathlib.Path(__file__).parent / "scripts"
 
 # Tango servers started by the tests listen on loopback only (omniORB reads its options from
 # the environment; a server forked from this process would otherwise listen on every address).
@@ -52,11 +48,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("tango") and not item.get_closest_marker("forked"):
             item.add_marker(pytest.mark.forked)
-
-
-def script(name: str) -> FileSystemScript:
-    """A FileSystemScript for one of the test scripts."""
-    return FileSystemScript(f"file://{SCRIPTS / name}")
 
 
 class TopicRecorder:

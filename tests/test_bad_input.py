@@ -16,8 +16,7 @@ from ska_oso_oet.procedure.application import (
     UnknownProcedureError,
 )
 from ska_oso_oet.procedure.domain import FileSystemScript, ProcedureInput, ProcedureState
-from tests.conftest import SCRIPTS, script
-from tests.test_lifecycle import TIMEOUT, HistoryWaiter, run_to_end, states
+from tests.helpers import SCRIPTS, TIMEOUT, HistoryWaiter, run_to_end, script, states
 
 S = ProcedureState
 FINAL = [S.COMPLETE, S.STOPPED, S.FAILED]

@@ -15,7 +15,7 @@ from ska_oso_oet.procedure.application import (
     StartProcessCommand,
 )
 from ska_oso_oet.procedure.domain import ProcedureInput, ProcedureState
-from tests.conftest import script
+from tests.helpers import script
 
 S = ProcedureState
 TIMEOUT = 20

@@ -17,7 +17,7 @@ from tango.test_context import DeviceTestContext
 from ska_oso_oet.procedure import catalogue
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode
-from tests.tango_events import SummaryEvents
+from tests.helpers import SummaryEvents
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 

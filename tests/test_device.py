@@ -13,8 +13,7 @@ from tango.test_context import DeviceTestContext
 
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode, HealthState
-from tests.conftest import SCRIPTS
-from tests.tango_events import SummaryEvents
+from tests.helpers import SCRIPTS, SummaryEvents
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 

@@ -25,7 +25,7 @@ import pytest
 import tango
 
 from ska_oso_oet import run
-from tests.tango_events import SummaryEvents
+from tests.helpers import SummaryEvents
 
 pytestmark = pytest.mark.tango
 

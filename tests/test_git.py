@@ -21,7 +21,7 @@ from ska_oso_oet.procedure.application import (
 from ska_oso_oet.procedure.domain import GitScript, ProcedureInput, ProcedureState
 from ska_oso_oet.procedure.gitmanager import GitArgs
 from ska_oso_oet.testing import make_wheel
-from tests.test_lifecycle import TIMEOUT, states
+from tests.helpers import TIMEOUT, states
 
 S = ProcedureState
 FINAL = [S.COMPLETE, S.STOPPED, S.FAILED]
@@ -278,7 +278,7 @@ def test_a_repository_that_never_answers_fails_within_the_git_timeout(
 
 
 def test_file_scripts_run_while_a_clone_hangs(git_ses, silent_server):
-    from tests.conftest import script
+    from tests.helpers import script
 
     ses = git_ses(git_timeout=30, max_running=1)
     url = f"http://127.0.0.1:{silent_server}/scripts.git"

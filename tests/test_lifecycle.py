@@ -13,43 +13,9 @@ from ska_oso_oet.procedure.application import (
     StartProcessCommand,
 )
 from ska_oso_oet.procedure.domain import ProcedureInput, ProcedureState
-from tests.conftest import script
+from tests.helpers import TIMEOUT, HistoryWaiter, run_to_end, script, states
 
 S = ProcedureState
-TIMEOUT = 20
-
-
-def states(summary: ProcedureSummary) -> list[str]:
-    return [s.name for s, _ in summary.history.process_states]
-
-
-class HistoryWaiter:
-    """Waits, on the service's change notifications, for a history that ends a given way."""
-
-    def __init__(self, ses, pid: int, suffix: list[str]) -> None:
-        self.ses, self.pid, self.suffix = ses, pid, suffix
-        self.event = threading.Event()
-
-    def _listener(self, summary: ProcedureSummary) -> None:
-        if summary.id == self.pid and states(summary)[-len(self.suffix) :] == self.suffix:
-            self.event.set()
-
-    def __enter__(self) -> HistoryWaiter:
-        self.ses.add_listener(self._listener)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.ses.remove_listener(self._listener)
-
-    def wait(self) -> None:
-        assert self.event.wait(TIMEOUT), f"history of {self.pid} never ended {self.suffix}"
-
-
-def run_to_end(ses, name, init_args=None, fn="main", run_args=None):
-    summary = ses.prepare(PrepareProcessCommand(script(name), init_args or ProcedureInput()))
-    ses.wait_for_state(summary.id, S.READY, TIMEOUT)
-    ses.start(StartProcessCommand(summary.id, fn, run_args or ProcedureInput()))
-    return ses.wait_for_state(summary.id, [S.COMPLETE, S.FAILED, S.STOPPED], TIMEOUT)
 
 
 def test_prepare_returns_at_once_in_creating(ses):

@@ -27,8 +27,7 @@ from ska_oso_oet.procedure.ui import rest, server
 from ska_oso_oet.procedure.ui.models import StopResultModel, SummaryModel
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode
-from tests.conftest import SCRIPTS
-from tests.tango_events import SummaryEvents
+from tests.helpers import SCRIPTS, SummaryEvents
 
 TIMEOUT = 20.0
 PREFIX = "/oet/api/v7"
@@ -433,6 +432,7 @@ def test_a_busy_port_does_not_stop_the_device(tmp_path: Any, caplog: Any) -> Non
             pid = json.loads(proxy.Prepare(json.dumps(prepare)))["id"]
             events.wait_for(pid, {"READY"})
             assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
+            assert "another program uses the port" in caplog.text
             assert "serves on without it" in caplog.text
 
 
@@ -593,6 +593,11 @@ def test_serve_refuses_bad_settings_without_raising(make_service: Any, caplog: A
     finally:
         srv.stop()
     assert "not a loopback address" not in caplog.text
+    # an address this machine does not have (TEST-NET-1: binding it fails at once, sends
+    # nothing): logged as the operator's choice, then refused, and serve returns None
+    assert server.serve(ses, "192.0.2.1", free_port()) is None
+    assert "192.0.2.1, which is not a loopback address" in caplog.text
+    assert "check RestHost" in caplog.text
 
 
 def test_loopback_addresses() -> None:

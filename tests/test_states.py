@@ -15,7 +15,7 @@ from ska_oso_oet.procedure.states import (
     check_transition,
     is_allowed,
 )
-from tests.conftest import script
+from tests.helpers import script
 
 S = ProcedureState
 ALLOWED = {

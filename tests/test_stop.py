@@ -18,8 +18,7 @@ from ska_oso_oet.procedure.application import (
     StopProcessCommand,
 )
 from ska_oso_oet.procedure.domain import FileSystemScript, ProcedureInput, ProcedureState
-from tests.conftest import script
-from tests.test_lifecycle import TIMEOUT, states
+from tests.helpers import TIMEOUT, script, states
 
 S = ProcedureState
 FINAL = [S.COMPLETE, S.STOPPED, S.FAILED, S.UNKNOWN]

@@ -7,7 +7,7 @@ import pytest
 from ska_oso_oet.procedure import messages as m
 from ska_oso_oet.procedure.application import PrepareProcessCommand, StartProcessCommand
 from ska_oso_oet.procedure.domain import ProcedureInput, ProcedureState
-from tests.conftest import script
+from tests.helpers import script
 
 S = ProcedureState
 TIMEOUT = 20

@@ -1,14 +1,31 @@
-"""A Tango client that records every procedureSummaries change event, for the device tests
-and the end-to-end tests."""
+"""Helpers shared by the test modules (fixtures live in conftest.py): the test scripts, a
+service-side history waiter, and a Tango client that records procedureSummaries events."""
 
 from __future__ import annotations
 
 import json
+import pathlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import tango
+
+from ska_oso_oet.procedure.application import (
+    PrepareProcessCommand,
+    ProcedureSummary,
+    StartProcessCommand,
+)
+from ska_oso_oet.procedure.domain import FileSystemScript, ProcedureInput, ProcedureState
+
+SCRIPTS = pathlib.Path(__file__).parent / "scripts"
+S = ProcedureState
+
+
+def script(name: str) -> FileSystemScript:
+    """A FileSystemScript for one of the test scripts."""
+    return FileSystemScript(f"file://{SCRIPTS / name}")
+
 
 TIMEOUT = 20
 
@@ -83,3 +100,36 @@ class SummaryEvents:
             self.proxy.unsubscribe_event(self._id)
         except tango.DevFailed:
             pass
+
+
+def states(summary: ProcedureSummary) -> list[str]:
+    return [s.name for s, _ in summary.history.process_states]
+
+
+class HistoryWaiter:
+    """Waits, on the service's change notifications, for a history that ends a given way."""
+
+    def __init__(self, ses, pid: int, suffix: list[str]) -> None:
+        self.ses, self.pid, self.suffix = ses, pid, suffix
+        self.event = threading.Event()
+
+    def _listener(self, summary: ProcedureSummary) -> None:
+        if summary.id == self.pid and states(summary)[-len(self.suffix) :] == self.suffix:
+            self.event.set()
+
+    def __enter__(self) -> HistoryWaiter:
+        self.ses.add_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ses.remove_listener(self._listener)
+
+    def wait(self) -> None:
+        assert self.event.wait(TIMEOUT), f"history of {self.pid} never ended {self.suffix}"
+
+
+def run_to_end(ses, name, init_args=None, fn="main", run_args=None):
+    summary = ses.prepare(PrepareProcessCommand(script(name), init_args or ProcedureInput()))
+    ses.wait_for_state(summary.id, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(summary.id, fn, run_args or ProcedureInput()))
+    return ses.wait_for_state(summary.id, [S.COMPLETE, S.FAILED, S.STOPPED], TIMEOUT)
