@@ -9,6 +9,7 @@ and joins its thread within a bound.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -212,12 +213,17 @@ def serve(
     try:
         server.start()
     except OSError as exc:
+        hint = (
+            "another program uses the port; set RestPort (or OET_REST_PORT) to a free one"
+            if exc.errno == errno.EADDRINUSE
+            else "check RestHost (or OET_REST_HOST)"
+        )
         LOGGER.error(
-            "REST API off: cannot listen on %s:%s (%s); is another server using the port? "
-            "The Tango device serves on without it",
+            "REST API off: cannot listen on %s:%s (%s): %s. The Tango device serves on without it",
             host,
             port,
             exc.strerror or exc,
+            hint,
         )
         return None
     except Exception as exc:
