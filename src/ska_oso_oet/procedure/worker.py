@@ -200,6 +200,7 @@ class ScriptWorker:
     def run(self) -> None:
         """Entry point in the child process's main thread; never returns."""
         signal.signal(signal.SIGTERM, self.term_handler)
+        _serialise_topic_creation()
         pub.subscribe(self.republish, pub.ALL_TOPICS)
         loop = threading.Thread(target=self.main_loop, name=f"{self.name}-loop", daemon=True)
         loop.start()
@@ -412,6 +413,20 @@ class ScriptWorker:
         except Exception:
             pass
         _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1, kill=False)
+
+
+def _serialise_topic_creation() -> None:
+    """pypubsub's topic tree is not thread-safe: the script (main thread) and messages from
+    other scripts (loop thread) may create the same topic at once. One lock makes that safe."""
+    manager = pub.getDefaultTopicMgr()
+    create = manager.getOrCreateTopic
+    lock = threading.RLock()
+
+    def get_or_create(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return create(*args, **kwargs)
+
+    manager.getOrCreateTopic = get_or_create  # type: ignore[method-assign]
 
 
 def _format_exit(exc: SystemExit) -> str:
