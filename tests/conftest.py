@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,8 @@ import pytest
 from pubsub import pub
 
 from ska_oso_oet.procedure.application import ScriptExecutionService
+from ska_oso_oet.testing import make_wheel
+from tests.helpers import Repo
 
 # Tango servers started by the tests listen on loopback only (omniORB reads its options from
 # the environment; a server forked from this process would otherwise listen on every address).
@@ -125,3 +128,10 @@ def make_service(no_leftover_processes: None) -> Iterator[Any]:
 @pytest.fixture
 def ses(make_service: Any) -> ScriptExecutionService:
     return make_service()
+
+
+@pytest.fixture
+def repo(tmp_path: pathlib.Path) -> Repo:
+    """A local repository of scripts; uses_dep.py needs localdep, a wheel beside it."""
+    wheel = make_wheel(tmp_path)
+    return Repo(tmp_path, f"localdep @ {wheel.as_uri()}")

@@ -1,10 +1,12 @@
 """Helpers shared by the test modules (fixtures live in conftest.py): the test scripts, a
-service-side history waiter, and a Tango client that records procedureSummaries events."""
+service-side history waiter, a local git repository of scripts, and a Tango client that records
+procedureSummaries events."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,7 +18,13 @@ from ska_oso_oet.procedure.application import (
     ProcedureSummary,
     StartProcessCommand,
 )
-from ska_oso_oet.procedure.domain import FileSystemScript, ProcedureInput, ProcedureState
+from ska_oso_oet.procedure.domain import (
+    FileSystemScript,
+    GitScript,
+    ProcedureInput,
+    ProcedureState,
+)
+from ska_oso_oet.procedure.gitmanager import GitArgs
 
 SCRIPTS = pathlib.Path(__file__).parent / "scripts"
 S = ProcedureState
@@ -133,3 +141,69 @@ def run_to_end(ses, name, init_args=None, fn="main", run_args=None):
     ses.wait_for_state(summary.id, S.READY, TIMEOUT)
     ses.start(StartProcessCommand(summary.id, fn, run_args or ProcedureInput()))
     return ses.wait_for_state(summary.id, [S.COMPLETE, S.FAILED, S.STOPPED], TIMEOUT)
+
+
+USES_DEP = """
+from pubsub import pub
+
+
+def init():
+    import localdep  # installed into this repository's environment only
+
+    global VALUE
+    VALUE = localdep.VALUE
+
+
+def main():
+    pub.sendMessage("test.git", msg_src="git", value=VALUE)
+"""
+
+PLAIN = """
+from pubsub import pub
+
+
+def main():
+    pub.sendMessage("test.git", msg_src="git", value={value!r})
+"""
+
+
+def git(cwd: pathlib.Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=OET Test", "-c", "user.email=oet@example.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+class Repo:
+    """A local repository: main with two commits, and a feature branch."""
+
+    def __init__(self, root: pathlib.Path, requirement: str) -> None:
+        self.path = root / "observing-scripts"
+        self.path.mkdir()
+        git(self.path, "init", "--quiet", "--initial-branch=main")
+        (self.path / "scripts").mkdir()
+        (self.path / "scripts" / "uses_dep.py").write_text(USES_DEP)
+        (self.path / "requirements.txt").write_text(requirement + "\n")
+        self.commit("scripts/plain.py", PLAIN.format(value="first"))
+        self.first = git(self.path, "rev-parse", "HEAD")
+        self.commit("scripts/plain.py", PLAIN.format(value="second"))
+        self.second = git(self.path, "rev-parse", "HEAD")
+        git(self.path, "checkout", "--quiet", "-b", "feature")
+        self.commit("scripts/plain.py", PLAIN.format(value="feature"))
+        self.feature = git(self.path, "rev-parse", "HEAD")
+        git(self.path, "checkout", "--quiet", "main")
+        self.url = f"file://{self.path}"
+
+    def commit(self, path: str, text: str) -> None:
+        (self.path / path).parent.mkdir(parents=True, exist_ok=True)
+        (self.path / path).write_text(text)
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "--quiet", "-m", f"change {path}")
+
+    def script(self, path: str, create_env: bool = False, **git_args: str) -> GitScript:
+        return GitScript(
+            f"git://{path}", git_args=GitArgs(git_repo=self.url, **git_args), create_env=create_env
+        )

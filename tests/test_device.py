@@ -291,10 +291,7 @@ def test_init_ends_every_worker_and_starts_afresh(tmp_path):
         assert prepare(device, "hello.py")["id"] == stubborn + 1
 
 
-def test_git_scripts_through_the_device(tmp_path):
-    from tests.test_git import Repo, make_wheel
-
-    repo = Repo(tmp_path, f"localdep @ {make_wheel(tmp_path).as_uri()}")
+def test_git_scripts_through_the_device(tmp_path, repo):
     properties = {
         "ScriptRoots": [str(SCRIPTS)],
         "AllowedGitRepositories": [f"file://{tmp_path}/*"],
