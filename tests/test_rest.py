@@ -32,6 +32,7 @@ from tests.helpers import SCRIPTS, SummaryEvents
 TIMEOUT = 20.0
 PREFIX = "/oet/api/v7"
 FINAL = {"COMPLETE", "STOPPED", "FAILED"}
+RESTING = FINAL | {"READY"}
 WITH_INIT = [
     "CREATING", "IDLE", "LOADING", "IDLE", "INITIALISING", "READY", "RUNNING", "READY",
     "COMPLETE",
@@ -130,6 +131,26 @@ class Oet:
         (summary,) = json.loads(self.proxy.Summarise(json.dumps([pid])))
         return summary  # type: ignore[no-any-return]
 
+    def settle(self) -> None:
+        """Stop what still runs, and wait until the device's Tango events have caught up
+        with its procedures. REST sees a change as soon as the service makes it, the Tango
+        event pusher a little later; an Init or a server shutdown that came before the pusher
+        had finished would keep it waiting on the device for the monitor's timeout."""
+        for s in ok(self.http.get("/procedures")):
+            if s["state"] not in RESTING:
+                self.http.put(f"/procedures/{s['id']}", json={"state": "STOPPED"})
+        events = SummaryEvents(self.proxy)
+        try:
+
+            def caught_up(received: list[list[dict[str, Any]]]) -> bool:
+                if not received or not all(s["state"] in RESTING for s in received[-1]):
+                    return False
+                return received[-1] == json.loads(self.proxy.Summarise(""))
+
+            events.wait_until(caught_up)
+        finally:
+            events.close()
+
     def close(self) -> None:
         for s in self.streams:
             s.close()
@@ -161,6 +182,7 @@ def oet(tmp_path: Any) -> Iterator[Oet]:
         client = Oet(proxy, port)
         try:
             yield client
+            client.settle()
         finally:
             client.close()
 
@@ -400,6 +422,7 @@ def test_init_stops_and_restarts_rest(oet: Oet) -> None:
     stream = oet.stream()
     pid = ok(oet.http.post("/procedures", json=post_body("sleeper.py")), 201)["id"]
     stream.until(pid, {"READY"})
+    oet.settle()  # Tango's events have caught up: Init finds the event pusher idle
     oet.proxy.Init()
     # Init stopped the REST server before the service: the stream ended
     while stream.next() is not None:
@@ -575,6 +598,21 @@ def test_stopping_the_server_ends_its_streams(make_service: Any) -> None:
         http.get("/procedures")
     stream.close()
     http.close()
+
+
+def test_stream_clients_are_bounded(make_service: Any) -> None:
+    ses = make_service(script_roots=[str(SCRIPTS)])
+    srv = server.RestServer(ses, "127.0.0.1", 0, max_streams=1)
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+            first = Stream(http)
+            refused(http.get("/stream"), 503, "Too many stream clients (at most 1)")
+            first.close()
+            assert srv.hub.wait_for_count(0, TIMEOUT)
+            Stream(http).close()  # the place is free again
+    finally:
+        srv.stop()
 
 
 def test_serve_refuses_bad_settings_without_raising(make_service: Any, caplog: Any) -> None:
