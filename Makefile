@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    serve oet/executor/1 on an embedded Tango database (Ctrl-C stops it)"
 	@echo "make test   lint, then run the whole test suite on Python 3.11 and on 3.13"
-	@echo "make lint   ruff check, ruff format --check, mypy"
+	@echo "make lint   ruff check, ruff format --check, mypy (for 3.11 and for 3.13)"
 	@echo "make bench  lifecycle benchmarks (BENCH_QUICK=1 for a few iterations)"
 
 # One rule for both venvs: $* is the venv's directory.
@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy src
+	$(BIN)/mypy --python-version 3.13 src
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks tools
