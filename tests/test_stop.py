@@ -179,6 +179,7 @@ def test_shutdown_ends_every_worker_and_reports_them_stopped(no_leftover_process
     workers = [m["pid"] for m in sleeping.wait(2)]
     ses.shutdown()
     assert [s.state for s in ses.summarise([running, stubborn, ready])] == [S.STOPPED] * 3
+    assert ses.illegal_transitions == []  # made here, not by make_service: checked here
     assert all(gone(w) for w in workers)
     with pytest.raises(ProcedureError, match="shut down"):
         ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
