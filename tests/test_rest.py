@@ -67,6 +67,7 @@ class Stream:
         assert self.response.headers["content-type"].startswith("text/event-stream")
         self._lines = self.response.iter_lines()
         self.events: list[dict[str, Any]] = []
+        self._claimed: set[int] = set()
         # the first block is a comment: from then on this client is subscribed
         assert self._block() == [": connected to the OET event stream"]
 
@@ -80,9 +81,11 @@ class Stream:
             lines.append(line)
         return lines or None
 
-    def next(self) -> dict[str, Any] | None:
-        """The next event (comments skipped), or None when the server ended the stream."""
+    def next(self, deadline: float | None = None) -> dict[str, Any] | None:
+        """The next event (comments skipped), or None when the server ended the stream.
+        Keep-alive comments do not make a reader wait past ``deadline``."""
         while True:
+            assert deadline is None or time.monotonic() < deadline, "no event before the deadline"
             block = self._block()
             if block is None:
                 return None
@@ -93,14 +96,28 @@ class Stream:
                 return event
 
     def until(self, pid: int, states: set[str]) -> dict[str, Any]:
-        """Read until procedure ``pid`` reaches one of ``states``; that event's summary."""
+        """The summary of the first event, not yet claimed, in which ``pid`` reaches one of
+        ``states``; reads on until there is one. An event read while waiting for another
+        procedure is not lost: it is still there for this one."""
+
+        def matches(index: int) -> bool:
+            event = self.events[index]
+            return (
+                index not in self._claimed
+                and event.get("msg_src") == pid
+                and event.get("new_state") in states
+            )
+
         deadline = time.monotonic() + TIMEOUT
-        while True:
+        index = next((i for i in range(len(self.events)) if matches(i)), None)
+        while index is None:
             assert time.monotonic() < deadline, f"{pid} never reached {states}: {self.states(pid)}"
-            event = self.next()
+            event = self.next(deadline)
             assert event is not None, f"the stream ended before {pid} reached {states}"
-            if event.get("msg_src") == pid and event.get("new_state") in states:
-                return event["result"]  # type: ignore[no-any-return]
+            if matches(len(self.events) - 1):
+                index = len(self.events) - 1
+        self._claimed.add(index)
+        return self.events[index]["result"]  # type: ignore[no-any-return]
 
     def states(self, pid: int) -> list[str]:
         return [
