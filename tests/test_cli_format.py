@@ -387,7 +387,21 @@ def test_a_reply_that_is_not_json_is_an_error() -> None:
 
 
 def test_a_missing_tango_host_is_reported_before_tango_complains(tmp_path: pathlib.Path) -> None:
+    # whatever this machine's /etc/tangorc says: the host-wide file is one the test makes
+    system_rc = tmp_path / "etc-tangorc"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
     with pytest.raises(cli.CommandError, match="TANGO_HOST is not set"):
-        cli.check_tango_host("oet/executor/1", {"HOME": str(tmp_path)})
-    cli.check_tango_host("oet/executor/1", {"TANGO_HOST": "localhost:10000"})
-    cli.check_tango_host("tango://127.0.0.1:10000/oet/executor/1", {})
+        cli.check_tango_host("oet/executor/1", env, system_rc=system_rc)
+    system_rc.write_text("# no host here\nORB_PORT=1\n")
+    with pytest.raises(cli.CommandError, match="TANGO_HOST is not set"):
+        cli.check_tango_host("oet/executor/1", env, system_rc=system_rc)
+    # a tangorc naming the host, host-wide or the user's own, is as good as the variable
+    system_rc.write_text("# Debian's packages write this\nTANGO_HOST=127.0.0.1:10000\n")
+    cli.check_tango_host("oet/executor/1", env, system_rc=system_rc)
+    system_rc.unlink()
+    (home / ".tangorc").write_text("TANGO_HOST=127.0.0.1:10000\n")
+    cli.check_tango_host("oet/executor/1", env, system_rc=system_rc)
+    cli.check_tango_host("oet/executor/1", {"TANGO_HOST": "localhost:10000"}, system_rc=system_rc)
+    cli.check_tango_host("tango://127.0.0.1:10000/oet/executor/1", {}, system_rc=system_rc)

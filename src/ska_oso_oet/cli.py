@@ -506,18 +506,34 @@ def render(args: argparse.Namespace, reply: str) -> str:
 # -- talking to the device ---------------------------------------------------------------------
 
 
-def check_tango_host(device: str, env: dict[str, str] | None = None) -> None:
-    """CommandError when the device can't be located: no TANGO_HOST and no tangorc file.
+#: The host-wide file in which the Tango library looks for TANGO_HOST when the environment has
+#: none (after ``~/.tangorc``); Debian's Tango packages write it.
+SYSTEM_TANGORC = pathlib.Path("/etc/tangorc")
+
+
+def _names_tango_host(rc_file: pathlib.Path) -> bool:
+    try:
+        lines = rc_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    return any(line.strip().startswith("TANGO_HOST") and "=" in line for line in lines)
+
+
+def check_tango_host(
+    device: str, env: dict[str, str] | None = None, system_rc: pathlib.Path = SYSTEM_TANGORC
+) -> None:
+    """CommandError when the device can't be located: no TANGO_HOST in the environment, nor in
+    ``~/.tangorc`` or ``system_rc`` (where the Tango library looks next).
 
     (Otherwise the Tango library prints its own complaint as well as raising.)
     """
     env = dict(os.environ) if env is None else env
     if device.startswith("tango://") or env.get("TANGO_HOST"):
         return
-    rc_files = [pathlib.Path("/etc/tangorc")]
+    rc_files = [system_rc]
     if env.get("HOME"):
         rc_files.append(pathlib.Path(env["HOME"]) / ".tangorc")
-    if not any(f.is_file() for f in rc_files):
+    if not any(_names_tango_host(f) for f in rc_files):
         raise CommandError(
             "TANGO_HOST is not set: set it to the Tango database's host:port, "
             "e.g. export TANGO_HOST=localhost:10000"
