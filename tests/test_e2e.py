@@ -8,6 +8,7 @@ block. Tests wait on change events or on output lines, never on fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -25,6 +26,8 @@ import pytest
 import tango
 
 from ska_oso_oet import run
+from ska_oso_oet.tango.ska import AdminMode
+from tests import databases
 from tests.helpers import SummaryEvents
 
 pytestmark = pytest.mark.tango
@@ -64,6 +67,17 @@ class Oet:
     tango_host: str
     env: dict[str, str]
     server_log: pathlib.Path
+    server: subprocess.Popen[bytes] | None = None
+
+    def start_server(self) -> None:
+        with open(self.server_log, "ab") as log:
+            self.server = run.start_server(1, self.env, log=log)
+        run.wait_for_device(DEVICE, TIMEOUT, tango_host=self.tango_host, proc=self.server)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            run.stop_process(self.server)
+            self.server = None
 
     @property
     def trl(self) -> str:
@@ -96,32 +110,52 @@ def client_env(tango_host: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def oet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oet]:
-    tmp = tmp_path_factory.mktemp("oet-e2e")
-    port = free_port()
-    tango_host = f"127.0.0.1:{port}"
-    env = client_env(tango_host)
-    started: list[subprocess.Popen[bytes]] = []
-    with open(tmp / "db.log", "wb") as db_log, open(tmp / "server.log", "wb") as server_log:
-        try:
-            started.append(run.start_database("127.0.0.1", port, tmp / "tango.sqlite", log=db_log))
-            calls = run.register(run.load_config(repo=REPO), tango_host)
-            assert calls, "registering into a fresh database should write something"
-            db = tango.Database("127.0.0.1", port)
-            props = db.get_device_property(DEVICE, ["ScriptRoots", "AbortScript", "MaxRunning"])
-            assert list(props["ScriptRoots"]) == [str(SCRIPTS)]
-            assert list(props["AbortScript"]) == [uri("abort.py")]
-            assert list(props["MaxRunning"]) == ["1"]
-            assert run.register(run.load_config(repo=REPO), tango_host) == []  # idempotent
+#: The Tango databases every test here runs against: pytango-db (what ``make run`` starts) and the
+#: C++ DataBaseds on MariaDB (what control rooms run; see tests/databases.py).
+DATABASES = ["pytango-db", "DataBaseds"]
 
-            server = run.start_server(1, env, log=server_log)
-            started.append(server)
-            run.wait_for_device(DEVICE, TIMEOUT, tango_host=tango_host, proc=server)
-            yield Oet(tango_host, env, tmp / "server.log")
+
+@contextlib.contextmanager
+def tango_database(kind: str, tmp: pathlib.Path) -> Iterator[str]:
+    """A fresh Tango database of the given kind on a free loopback port; yields its TANGO_HOST."""
+    if kind == "DataBaseds":
+        reason = databases.missing()
+        if reason:
+            if os.environ.get("CI"):  # CI installs the packages: never skip there
+                pytest.fail(f"CI must run the C++ Tango database: {reason}")
+            pytest.skip(f"not run on the C++ Tango database (DataBaseds on MariaDB): {reason}")
+        with databases.databaseds(tmp) as tango_host:
+            yield tango_host
+        return
+    port = free_port()
+    with open(tmp / "db.log", "wb") as db_log:
+        proc = run.start_database("127.0.0.1", port, tmp / "tango.sqlite", log=db_log)
+        try:
+            yield f"127.0.0.1:{port}"
         finally:
-            for proc in reversed(started):  # the server, then the database
-                run.stop_process(proc)
+            run.stop_process(proc)
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def oet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oet]:
+    tmp = tmp_path_factory.mktemp(f"oet-e2e-{request.param}")
+    with tango_database(request.param, tmp) as tango_host:
+        env = client_env(tango_host)
+        calls = run.register(run.load_config(repo=REPO), tango_host)
+        assert calls, "registering into a fresh database should write something"
+        host, port = run.parse_tango_host(tango_host)
+        db = tango.Database(host, port)
+        props = db.get_device_property(DEVICE, ["ScriptRoots", "AbortScript", "MaxRunning"])
+        assert list(props["ScriptRoots"]) == [str(SCRIPTS)]
+        assert list(props["AbortScript"]) == [uri("abort.py")]
+        assert list(props["MaxRunning"]) == ["1"]
+        assert run.register(run.load_config(repo=REPO), tango_host) == []  # idempotent
+        oet = Oet(tango_host, env, tmp / "server.log")
+        try:
+            oet.start_server()
+            yield oet
+        finally:
+            oet.stop_server()
 
 
 class Subscriber(SummaryEvents):
@@ -346,6 +380,36 @@ def test_cli_errors_are_one_line(oet: Oet, args: list[str], status: int, words: 
     assert oet.proxy().state() in (tango.DevState.ON, tango.DevState.RUNNING)
     after = json.loads(oet.proxy().Summarise(""))
     assert {s["id"] for s in before} <= {s["id"] for s in after}
+
+
+# -- (d) memorized attributes: kept by the database, given back on the next start -------------
+
+
+def test_memorized_attributes_survive_a_restart(oet: Oet) -> None:
+    host, port = run.parse_tango_host(oet.tango_host)
+    db = tango.Database(host, port)
+    device = oet.proxy()
+    assert device.waitForQaReady is False
+    assert device.adminMode == AdminMode.ONLINE
+    device.waitForQaReady = True
+    device.adminMode = AdminMode.ENGINEERING
+    try:
+        # the database holds the written values as the attributes' __value properties
+        stored = db.get_device_attribute_property(DEVICE, ["waitForQaReady", "adminMode"])
+        assert list(stored["waitForQaReady"]["__value"]) == ["true"]
+        assert list(stored["adminMode"]["__value"]) == [str(int(AdminMode.ENGINEERING))]
+
+        oet.stop_server()
+        oet.start_server()
+        device = oet.proxy()
+        assert device.waitForQaReady is True, oet.log_tail()
+        assert device.adminMode == AdminMode.ENGINEERING, oet.log_tail()
+        assert device.read_attribute("waitForQaReady").w_value is True
+        assert device.read_attribute("adminMode").w_value == AdminMode.ENGINEERING
+    finally:
+        device.waitForQaReady = False
+        device.adminMode = AdminMode.ONLINE
+    assert device.waitForQaReady is False
 
 
 # -- the launcher itself (`make run`) ----------------------------------------------------------
