@@ -405,3 +405,59 @@ def test_a_missing_tango_host_is_reported_before_tango_complains(tmp_path: pathl
     cli.check_tango_host("oet/executor/1", env, system_rc=system_rc)
     cli.check_tango_host("oet/executor/1", {"TANGO_HOST": "localhost:10000"}, system_rc=system_rc)
     cli.check_tango_host("tango://127.0.0.1:10000/oet/executor/1", {}, system_rc=system_rc)
+
+
+# -- what a new user tripped over ---------------------------------------------------------------
+
+
+def test_start_force_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["start", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    force = text[text.index("--force") :]
+    assert "QA" not in force.split("--wait")[0]
+    assert "as soon as it is" in force and "not READY yet" in force
+
+
+def test_prepare_waits_for_ready_and_start_for_running() -> None:
+    creating = summary(3, "CREATING")
+    assert not cli.reached("prepare", creating, summary(3, "LOADING"))
+    assert not cli.reached("prepare", creating, summary(3, "INITIALISING"))
+    assert cli.reached("prepare", creating, summary(3, "READY"))
+    assert cli.reached("prepare", creating, summary(3, "FAILED"))  # an end is an answer too
+
+    ready = summary(4, "READY")
+    assert not cli.reached("start", ready, summary(4, "READY"))
+    running = summary(4, "RUNNING")
+    assert cli.reached("start", ready, running)
+    # a quick main: RUNNING then READY again before the client looks: it did run
+    history = [["READY", T0], ["RUNNING", T0 + 1], ["READY", T0 + 2]]
+    again = summary(4, "READY", history={"process_states": history, "stacktrace": None})
+    assert cli.reached("start", ready, again)
+    assert cli.reached("start", ready, summary(4, "COMPLETE"))
+    args = cli.parse_args(["start", "4"])
+    assert args.wait == cli.DEFAULT_WAIT
+    assert cli.parse_args(["prepare", "file:///abs/x.py", "--wait", "0"]).wait == 0
+
+
+def test_describe_shows_init_only_when_it_was_called() -> None:
+    no_init = summary(5, "READY", script_args={"init": {"args": [], "kwargs": {}}})
+    assert not any(
+        line.strip().startswith("init:") for line in cli.format_details(no_init, UTC).splitlines()
+    )
+    history = [["CREATING", T0], ["INITIALISING", T0 + 1], ["READY", T0 + 2]]
+    called = summary(
+        5, "READY", script_args={"init": {"args": [], "kwargs": {}}},
+        history={"process_states": history, "stacktrace": None},
+    )  # fmt: skip
+    assert "  init:        init()" in cli.format_details(called, UTC).splitlines()
+
+
+def test_listen_prints_the_error_of_a_failed_procedure() -> None:
+    trace = 'Traceback (most recent call last):\n  File "x.py"\nRuntimeError: on fire\n'
+    failed = summary(
+        6, "FAILED", history={"process_states": [["FAILED", T0]], "stacktrace": trace}
+    )
+    line = cli.history_line(failed, ["FAILED", T0], UTC)
+    assert line.endswith("FAILED        file:///abs/hello.py  RuntimeError: on fire"), line
+    assert "RuntimeError" not in cli.history_line(summary(6, "READY"), ["READY", T0], UTC)

@@ -282,7 +282,7 @@ def test_cli_lifecycle_with_listen(oet: Oet) -> None:
         assert prepared.returncode == 0, prepared.stderr + oet.log_tail()
         summary = json.loads(prepared.stdout)
         pid = summary["id"]
-        assert summary["state"] == "CREATING"
+        assert summary["state"] == "READY"  # prepare waits for READY (--wait 0: at once)
         assert summary["script"]["script_uri"] == uri("long_running.py")
 
         def listened(state: str) -> Callable[[str], bool]:
@@ -293,7 +293,7 @@ def test_cli_lifecycle_with_listen(oet: Oet) -> None:
         assert started.returncode == 0, started.stderr
         header, row = started.stdout.splitlines()
         assert header.split() == ["ID", "STATE", "SCRIPT", "LAST", "CHANGE"]
-        assert row.split()[0] == str(pid)
+        assert row.split()[:2] == [str(pid), "RUNNING"]  # start waits for RUNNING
         out.wait_for(listened("RUNNING"))
 
         stopped = oet.cli("stop", str(pid))

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import enum
 import logging
+import logging.handlers
 import platform
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlparse
 
 import tango
 from tango import AttrWriteType
-from tango.server import Device, attribute
+from tango.server import Device, attribute, device_property
 
 import ska_oso_oet
 
@@ -52,6 +56,109 @@ PYTHON_LEVELS = {
     LoggingLevel.DEBUG: logging.DEBUG,
 }
 
+#: Python's level -> the Tango Logging Service's (log4tango) method of a device's logger.
+_TANGO_LOG_METHODS = (
+    (logging.CRITICAL, "fatal"),
+    (logging.ERROR, "error"),
+    (logging.WARNING, "warn"),
+    (logging.INFO, "info"),
+    (logging.DEBUG, "debug"),
+)
+
+#: SKA's bound on loggingTargets, and its default (the Tango Logging Service).
+MAX_LOGGING_TARGETS = 4
+DEFAULT_LOGGING_TARGETS = ("tango::logger",)
+LOGGING_TARGET_HELP = (
+    "a logging target is kind::name, kind one of console (console::cout), file "
+    "(file::/abs/path.log), syslog (syslog::udp://host:514 or syslog::file:///dev/log), "
+    "device (device::<name of a Tango log consumer device>) or tango (tango::logger: the "
+    "device's Tango Logging Service)"
+)
+#: SKA's log line: time, level, thread, function, file#line, message, split by "|".
+LOG_FORMAT = (
+    "%(asctime)s|%(levelname)s|%(threadName)s|%(funcName)s|%(filename)s#%(lineno)d|%(message)s"
+)
+
+
+TANGO_LOG_FORMAT = "%(threadName)s|%(funcName)s|%(filename)s#%(lineno)d|%(message)s"
+
+
+def parse_logging_target(text: str) -> tuple[str, str]:
+    """``"kind::name"`` -> ``(kind, name)``, as SKA's base device reads loggingTargets.
+
+    A bare kind takes its default name (``console`` -> ``cout``, ``tango`` -> ``logger``).
+    ValueError, saying what a target looks like, for anything else.
+    """
+    kind, sep, name = text.strip().partition("::")
+    kind = kind.lower()
+    if not sep:
+        name = {"console": "cout", "tango": "logger"}.get(kind, "")
+    if kind == "console" and name not in ("cout", ""):
+        raise ValueError(f"{text!r}: the console target is console::cout; {LOGGING_TARGET_HELP}")
+    if kind == "console":
+        name = "cout"
+    if kind == "tango" and name != "logger":
+        raise ValueError(f"{text!r}: the Tango target is tango::logger; {LOGGING_TARGET_HELP}")
+    if kind not in ("console", "file", "syslog", "device", "tango") or not name:
+        raise ValueError(f"{text!r} is not a logging target: {LOGGING_TARGET_HELP}")
+    if kind == "file" and not name.startswith("/"):
+        raise ValueError(f"{text!r}: a file target needs an absolute path: file::/tmp/oet.log")
+    if kind == "syslog":
+        url = urlparse(name)
+        if url.scheme not in ("udp", "tcp", "file") or (url.scheme != "file" and not url.hostname):
+            raise ValueError(
+                f"{text!r}: a syslog target is syslog::udp://host:514, syslog::tcp://host:601 "
+                "or syslog::file:///dev/log"
+            )
+    return kind, name
+
+
+class TangoLogHandler(logging.Handler):
+    """Hands Python log records to a device's Tango logger (the Tango Logging Service), which
+    sends them on to the device's Tango targets (``device::`` log consumers)."""
+
+    def __init__(self, device: Device) -> None:
+        super().__init__()
+        self._device = device
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            logger = self._device.get_logger()
+            levels = _TANGO_LOG_METHODS
+            method = next((m for level, m in levels if record.levelno >= level), "debug")
+            getattr(logger, method)(message)
+        except Exception:  # a logging target never breaks the code that logs
+            self.handleError(record)
+
+
+def make_handler(kind: str, name: str, device: Device) -> logging.Handler | None:
+    """The Python handler of one target (None for ``device::``, which Tango itself serves)."""
+    handler: logging.Handler
+    if kind == "console":
+        handler = logging.StreamHandler(sys.stdout)
+    elif kind == "file":
+        handler = logging.handlers.RotatingFileHandler(name, maxBytes=1024 * 1024, backupCount=1)
+    elif kind == "syslog":
+        url = urlparse(name)
+        if url.scheme == "file":
+            handler = logging.handlers.SysLogHandler(address=url.path)
+        else:
+            import socket
+
+            handler = logging.handlers.SysLogHandler(
+                address=(url.hostname or "127.0.0.1", url.port or 514),
+                socktype=socket.SOCK_STREAM if url.scheme == "tcp" else socket.SOCK_DGRAM,
+            )
+    elif kind == "tango":
+        handler = TangoLogHandler(device)
+    else:
+        return None
+    # the Tango Logging Service stamps time, level and device itself
+    handler.setFormatter(logging.Formatter(TANGO_LOG_FORMAT if kind == "tango" else LOG_FORMAT))
+    return handler
+
+
 #: Admin modes in which the device accepts work (ska-tango-base: ONLINE and ENGINEERING).
 ACCEPTING_MODES = frozenset({AdminMode.ONLINE, AdminMode.ENGINEERING})
 
@@ -74,11 +181,46 @@ class SKADevice(Device):
     _health_state = HealthState.OK
     _logging_level = LoggingLevel.INFO
 
+    LoggingTargetsDefault = device_property(
+        dtype=(str,),
+        default_value=list(DEFAULT_LOGGING_TARGETS),
+        doc=f"Start value of loggingTargets (at most {MAX_LOGGING_TARGETS}); "
+        + LOGGING_TARGET_HELP,
+    )
+    LoggingLevelDefault = device_property(
+        dtype=int,
+        default_value=int(LoggingLevel.INFO),
+        doc="Start value of loggingLevel: 0 OFF, 1 FATAL, 2 ERROR, 3 WARNING, 4 INFO, 5 DEBUG",
+    )
+
     def init_ska(self) -> None:
-        for name in ("adminMode", "healthState"):
+        for name in ("adminMode", "healthState", "loggingLevel", "loggingTargets"):
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
-        self._apply_logging_level(self._logging_level)
+        self._handlers: dict[str, logging.Handler] = {}
+        self._tango_targets: list[str] = []
+        self._logging_targets: list[str] = []
+        try:
+            level = LoggingLevel(self.LoggingLevelDefault)
+        except ValueError:
+            level = LoggingLevel.INFO
+        self._apply_logging_level(level)
+        try:
+            self._apply_logging_targets(self.LoggingTargetsDefault)
+        except ValueError as exc:
+            logging.getLogger("ska_oso_oet").error("LoggingTargetsDefault ignored: %s", exc)
+        # a read-write attribute's set point says what is in force, so that a panel's Apply
+        # writes back what it shows (adminMode's comes from the database: it is memorized)
+        self.set_write_value("loggingLevel", int(self._logging_level))
+        self.set_write_value("loggingTargets", list(self._logging_targets))
+
+    def set_write_value(self, name: str, value: object) -> None:
+        """Set the set point (``w_value``) of read-write attribute ``name``."""
+        self.get_device_attr().get_w_attr_by_name(name).set_write_value(value)
+
+    def delete_ska(self) -> None:
+        """Take this device's logging handlers off the package logger (Init, shutdown)."""
+        self._set_handlers({}, [])
 
     def admin_mode_changed(self, mode: AdminMode) -> None:  # pragma: no cover - overridden
         pass
@@ -130,7 +272,98 @@ class SKADevice(Device):
     @loggingLevel.write  # type: ignore[no-redef]
     def loggingLevel(self, value: int) -> None:
         self._apply_logging_level(LoggingLevel(value))
+        self.push_change_event("loggingLevel", self._logging_level)
+        self.push_archive_event("loggingLevel", self._logging_level)
 
     def _apply_logging_level(self, level: LoggingLevel) -> None:
         self._logging_level = level
         logging.getLogger("ska_oso_oet").setLevel(PYTHON_LEVELS[level])
+        tango_level = {
+            LoggingLevel.OFF: tango.LogLevel.LOG_OFF,
+            LoggingLevel.FATAL: tango.LogLevel.LOG_FATAL,
+            LoggingLevel.ERROR: tango.LogLevel.LOG_ERROR,
+            LoggingLevel.WARNING: tango.LogLevel.LOG_WARN,
+            LoggingLevel.INFO: tango.LogLevel.LOG_INFO,
+            LoggingLevel.DEBUG: tango.LogLevel.LOG_DEBUG,
+        }[level]
+        self.get_logger().set_level(tango_level)
+
+    @attribute(
+        dtype=(str,),
+        max_dim_x=MAX_LOGGING_TARGETS,
+        access=AttrWriteType.READ_WRITE,
+        doc=f"Where the device's log records go, at loggingLevel; {LOGGING_TARGET_HELP}. Its "
+        "start value is the device property LoggingTargetsDefault",
+    )
+    def loggingTargets(self) -> list[str]:
+        return list(self._logging_targets)
+
+    @loggingTargets.write  # type: ignore[no-redef]
+    def loggingTargets(self, value: Sequence[str]) -> None:
+        try:
+            self._apply_logging_targets(value)
+        except ValueError as exc:
+            tango.Except.throw_exception(
+                "OET_InvalidRequest", str(exc), "ObservationExecutionTool.loggingTargets"
+            )
+        self.push_change_event("loggingTargets", list(self._logging_targets))
+        self.push_archive_event("loggingTargets", list(self._logging_targets))
+
+    def _apply_logging_targets(self, targets: Sequence[str] | None) -> None:
+        """Replace the logging targets; ValueError (nothing changed) for a bad one."""
+        wanted = [t for t in (targets or []) if t.strip()]
+        if len(wanted) > MAX_LOGGING_TARGETS:
+            raise ValueError(f"at most {MAX_LOGGING_TARGETS} logging targets, not {len(wanted)}")
+        parsed = [parse_logging_target(t) for t in wanted]
+        names = [f"{kind}::{name}" for kind, name in parsed]
+        handlers = {key: handler for key, handler in self._handlers.items() if key in names}
+        for (kind, name), key in zip(parsed, names, strict=True):
+            if key not in handlers:
+                try:
+                    handler = make_handler(kind, name, self)
+                except OSError as exc:
+                    raise ValueError(f"{key}: {exc}") from exc
+                if handler is not None:
+                    handlers[key] = handler
+        tango_targets = [key for key in names if key.startswith("device::")]
+        self._add_tango_targets([t for t in tango_targets if t not in self._tango_targets])
+        if tango_targets and "tango::logger" not in handlers:
+            # records reach a log consumer device through the Tango Logging Service
+            handlers["tango::logger"] = make_handler("tango", "logger", self)  # type: ignore[assignment]
+        self._set_handlers(handlers, tango_targets)
+        self._logging_targets = names
+
+    def _set_handlers(
+        self, handlers: dict[str, logging.Handler], tango_targets: list[str]
+    ) -> None:
+        logger = logging.getLogger("ska_oso_oet")
+        for key, handler in self._handlers.items():
+            if handlers.get(key) is not handler:
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in handlers.values():
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        self._handlers = handlers
+        me = self.get_name()
+        for target in self._tango_targets:
+            if target not in tango_targets:
+                tango.Logging.remove_logging_target([me, target])
+        self._tango_targets = list(tango_targets)
+
+    def _add_tango_targets(self, targets: list[str]) -> None:
+        """Give the device's Tango logger these ``device::`` targets; ValueError (none added)
+        when Tango cannot reach one."""
+        me = self.get_name()
+        added: list[str] = []
+        for target in targets:
+            try:
+                tango.Logging.add_logging_target([me, target])
+            except tango.DevFailed as exc:
+                for done in added:
+                    tango.Logging.remove_logging_target([me, done])
+                raise ValueError(
+                    f"{target}: {exc.args[0].desc} (a device target names a running Tango "
+                    "log consumer device, which has a Log command)"
+                ) from None
+            added.append(target)

@@ -1,0 +1,122 @@
+"""The operator's face of the device: typed attributes a dashboard can show as they are.
+
+``procedureSummaries`` holds every summary as one JSON list, re-sent whole on each change. The
+attributes here say the same in Tango's own types, and ``procedureChange`` carries the one
+summary that changed, so the cost of an event does not grow with the history:
+
+=======================  ======================  ===============================================
+attribute                type                    value
+=======================  ======================  ===============================================
+procedureChange          DevString               JSON summary of the procedure that changed last
+procedureIds             DevLong64 spectrum      every procedure held, ascending
+procedureStates          DevString spectrum      their states, by name, in the same order
+procedureScripts         DevString spectrum      their script URIs, in the same order
+runningProcedureIds      DevLong64 spectrum      procedures RUNNING or PAUSED
+lastFailure              DevString               ``"<id> <file>: <Type>: <message>"`` or ``""``
+=======================  ======================  ===============================================
+
+:class:`Face` keeps the values; the device updates it from its one event thread, then pushes
+``procedureSummaries`` and these, in that order, so that whatever a client reads in a callback
+agrees with the event it is handling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+from typing import Any
+from urllib.parse import urlparse
+
+from ska_oso_oet.procedure.application import ProcedureSummary
+from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
+
+#: Attributes of the face, in the order their events are pushed (after procedureSummaries).
+ATTRIBUTES = (
+    "procedureChange",
+    "procedureIds",
+    "procedureStates",
+    "procedureScripts",
+    "runningProcedureIds",
+    "lastFailure",
+)
+
+#: The most entries a spectrum attribute here holds (far above any sensible HistoryLength).
+MAX_PROCEDURES = 100_000
+
+
+def script_file_name(uri: str) -> str:
+    """The file name in a script URI: ``file:///a/b/x.py`` gives ``x.py``."""
+    parsed = urlparse(uri)
+    return posixpath.basename(parsed.path or parsed.netloc) or uri
+
+
+def failure_line(summary: ProcedureSummary) -> str:
+    """``"<id> <script file name>: <ExceptionType>: <message>"`` of a FAILED procedure."""
+    stacktrace = summary.history.stacktrace or ""
+    lines = [line.strip() for line in stacktrace.splitlines() if line.strip()]
+    reason = lines[-1] if lines else "failed (no error was reported)"
+    return f"{summary.id} {script_file_name(summary.script.script_uri)}: {reason}"
+
+
+def bare_uri_request(request: str) -> str:
+    """Prepare's argument as JSON: a bare ``file://`` or ``git://`` URI (no init arguments)
+    becomes ``{"script": {"script_type": ..., "script_uri": URI}}``; anything else is as given."""
+    text = request.strip()
+    for prefix, script_type in (("file://", "filesystem"), ("git://", "git")):
+        if text.startswith(prefix):
+            return json.dumps({"script": {"script_type": script_type, "script_uri": text}})
+    return request
+
+
+@dataclasses.dataclass
+class _Held:
+    state: ProcedureState
+    script_uri: str
+
+
+class Face:
+    """The values of the typed attributes, kept up to date one summary at a time."""
+
+    def __init__(self) -> None:
+        self.change = ""
+        self.last_failure = ""
+        self._held: dict[int, _Held] = {}
+
+    def update(self, summary: ProcedureSummary, text: str, held: set[int] | None) -> None:
+        """Take in ``summary`` (whose JSON is ``text``); ``held``, when given, is every ID the
+        service still holds (the others are forgotten)."""
+        self.change = text
+        self._held[summary.id] = _Held(summary.state, summary.script.script_uri)
+        if held is not None:
+            for pid in [p for p in self._held if p not in held]:
+                del self._held[pid]
+        if summary.state is ProcedureState.FAILED:
+            self.last_failure = failure_line(summary)
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self._held)
+
+    @property
+    def states(self) -> list[str]:
+        return [self._held[p].state.name for p in self.ids]
+
+    @property
+    def scripts(self) -> list[str]:
+        return [self._held[p].script_uri for p in self.ids]
+
+    @property
+    def running(self) -> list[int]:
+        return [p for p in self.ids if self._held[p].state in ACTIVE_STATES]
+
+    def value(self, name: str) -> Any:
+        """The value of attribute ``name`` (one of :data:`ATTRIBUTES`)."""
+        return {
+            "procedureChange": lambda: self.change,
+            "procedureIds": lambda: self.ids,
+            "procedureStates": lambda: self.states,
+            "procedureScripts": lambda: self.scripts,
+            "runningProcedureIds": lambda: self.running,
+            "lastFailure": lambda: self.last_failure,
+        }[name]()
