@@ -454,7 +454,9 @@ def test_describe_shows_init_only_when_it_was_called() -> None:
 
 
 def test_listen_prints_the_error_of_a_failed_procedure() -> None:
-    trace = 'Traceback (most recent call last):\n  File "x.py"\nRuntimeError: on fire\n'
+    trace = (
+        'Traceback (most recent call last):\n  File "x.py"\noet_script_x.RuntimeError: on fire\n'
+    )
     failed = summary(
         6, "FAILED", history={"process_states": [["FAILED", T0]], "stacktrace": trace}
     )

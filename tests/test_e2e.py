@@ -26,7 +26,7 @@ import pytest
 import tango
 
 from ska_oso_oet import run
-from ska_oso_oet.tango.ska import AdminMode
+from ska_oso_oet.tango.ska import AdminMode, LoggingLevel
 from tests import databases
 from tests.helpers import SummaryEvents
 
@@ -217,6 +217,23 @@ def stop_child(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- (0) set points after a fresh registration --------------------------------------------------
+
+
+def test_set_points_say_what_is_in_force_after_a_fresh_registration(oet: Oet) -> None:
+    device = oet.proxy()
+    for name, value in (
+        ("loggingLevel", LoggingLevel.INFO),
+        ("waitForQaReady", False),
+        ("adminMode", AdminMode.ONLINE),
+    ):
+        attr = device.read_attribute(name)
+        assert attr.value == value, name
+        assert attr.w_value == value, name  # a panel's Apply writes back what it shows
+    targets = device.read_attribute("loggingTargets")
+    assert list(targets.value) == list(targets.w_value) == ["tango::logger"]
 
 
 # -- (a) two subscribers see every state of a lifecycle driven through DeviceProxy ----------
@@ -410,6 +427,120 @@ def test_memorized_attributes_survive_a_restart(oet: Oet) -> None:
         device.waitForQaReady = False
         device.adminMode = AdminMode.ONLINE
     assert device.waitForQaReady is False
+
+
+# -- (e) the typed attributes, by events, through a lifecycle, a failure and an Abort ----------
+
+FACE = ["procedureChange", "procedureIds", "procedureStates", "procedureScripts",
+        "runningProcedureIds", "lastFailure"]  # fmt: skip
+
+
+class FaceEvents:
+    """A client of its own subscribed to every typed attribute: the latest value of each, and
+    every procedureChange, as events bring them."""
+
+    def __init__(self, trl: str) -> None:
+        self.proxy = tango.DeviceProxy(trl)
+        self.latest: dict[str, Any] = {}
+        self.changes: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self._ids = [
+            self.proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, self._callback)
+            for name in FACE
+        ]
+
+    def _callback(self, event: Any) -> None:
+        with self._cond:
+            if event.err:
+                self.errors.append(event.errors[0].desc)
+                return
+            name = event.attr_value.name
+            value = event.attr_value.value
+            if name.lower() == "procedurechange":
+                if value:
+                    self.changes.append(json.loads(value))
+                value = json.loads(value) if value else None
+            elif value is None:
+                value = [] if name.lower() != "lastfailure" else ""
+            elif not isinstance(value, str):
+                value = list(value)
+            self.latest[name.lower()] = value
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.latest), TIMEOUT), (
+                f"never {what}: {self.latest}"
+            )
+
+    def states(self, pid: int) -> list[str]:
+        with self._cond:
+            return [c["state"] for c in self.changes if c["id"] == pid]
+
+    def close(self) -> None:
+        for event_id in self._ids:
+            self.proxy.unsubscribe_event(event_id)
+
+
+def test_typed_attributes_by_events_through_a_lifecycle_a_failure_and_an_abort(
+    oet: Oet,
+) -> None:
+    host, port = run.parse_tango_host(oet.tango_host)
+    db = tango.Database(host, port)
+    db.put_device_property(DEVICE, {"MaxRunning": ["2"]})
+    oet.stop_server()
+    oet.start_server()
+    face = FaceEvents(oet.trl)
+    device = oet.proxy()
+    try:
+        pid = json.loads(device.Prepare(uri("hello.py")))["id"]  # a bare URI
+        face.wait(lambda v: pid in v.get("procedureids", []), "held")
+        face.wait(lambda v: (v.get("procedurechange") or {}).get("state") == "READY", "READY")
+        device.StartProcedure(pid)
+        face.wait(lambda v: (v.get("procedurechange") or {}).get("state") == "COMPLETE", "done")
+        assert face.states(pid) == [
+            "CREATING", "IDLE", "LOADING", "IDLE", "INITIALISING", "READY", "RUNNING", "READY",
+            "COMPLETE",
+        ]  # fmt: skip
+
+        # each attribute's own event follows procedureChange's
+        def shown(v: dict[str, Any]) -> bool:
+            ids, states = v.get("procedureids", []), v.get("procedurestates", [])
+            return pid in ids and len(states) == len(ids) and states[ids.index(pid)] == "COMPLETE"
+
+        face.wait(shown, "COMPLETE in procedureStates")
+        index = face.latest["procedureids"].index(pid)
+        assert face.latest["procedurescripts"][index] == uri("hello.py")
+
+        failing = json.loads(device.Prepare(uri("failing.py")))["id"]
+        face.wait(lambda v: failing in v.get("procedureids", []), "held")
+        face.wait(lambda v: "READY" in face.states(failing), "READY")
+        device.StartProcedure(failing)
+        face.wait(lambda v: v.get("lastfailure", "").startswith(f"{failing} "), "failed")
+        assert face.latest["lastfailure"] == (
+            f"{failing} failing.py: ObservationError: failing.py fails on purpose: the dish "
+            "refused to move"
+        )
+
+        sleepers = [json.loads(device.Prepare(uri("long_running.py")))["id"] for _ in range(2)]
+        face.wait(lambda v: all("READY" in face.states(p) for p in sleepers), "both READY")
+        for sleeper in sleepers:
+            device.StartProcedure(sleeper)
+        face.wait(lambda v: sorted(v.get("runningprocedureids", [])) == sleepers, "both run")
+        aborts = json.loads(device.Abort())
+        assert len(aborts) == 2
+        face.wait(lambda v: v.get("runningprocedureids") == [], "none running")
+        for sleeper in sleepers:
+            face.wait(lambda v, p=sleeper: face.states(p)[-1:] == ["STOPPED"], "STOPPED")
+        for abort in aborts:
+            face.wait(lambda v, a=abort["id"]: face.states(a)[-1:] == ["COMPLETE"], "aborted")
+        assert face.errors == []
+    finally:
+        face.close()
+        db.put_device_property(DEVICE, {"MaxRunning": ["1"]})
+        oet.stop_server()
+        oet.start_server()
 
 
 # -- the launcher itself (`make run`) ----------------------------------------------------------
