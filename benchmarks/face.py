@@ -1,0 +1,212 @@
+"""The operator's face, measured: event frame sizes and latencies with a long history.
+
+``make bench`` runs it after ``lifecycle.py``; ``BENCH_QUICK=1`` (or ``--quick``) runs a few
+iterations only (CI). It starts, on 127.0.0.1 and stopped by PID at the end, a PyDatabaseds
+(sqlite in a temporary directory) and the real ``ObservationExecutionTool 1`` server,
+registered from ``tango-db/oet.json`` with ``HistoryLength`` 150 and ``ScriptRoots`` a
+temporary folder of scripts. Then, side by side in one run:
+
+* the size of the ``procedureSummaries`` and ``procedureChange`` event values when the device
+  holds 0 ended procedures and when it holds 100;
+* Start -> RUNNING and Start -> COMPLETE of a trivial script as a ``procedureChange``
+  subscriber sees them (from just before the Start call to the arrival of the change event
+  with that state), with an empty history and with 100 ended procedures held. The goal: the
+  figures with 100 held within 1.2x of those with none.
+
+It prints one table and exits 0; a missed goal shows as ``NO``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import queue
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import tango  # noqa: E402
+
+from ska_oso_oet import run  # noqa: E402
+
+DEVICE = "oet/executor/1"
+HELD = 100
+GOAL_RATIO = 1.2
+
+
+class ChangeListener:
+    """procedureChange events: arrival time and the (id, state) they carry, in a queue."""
+
+    def __init__(self, proxy: tango.DeviceProxy) -> None:
+        self.events: queue.SimpleQueue[tuple[float, int, str, int]] = queue.SimpleQueue()
+        self._id = proxy.subscribe_event(
+            "procedureChange", tango.EventType.CHANGE_EVENT, self._callback
+        )
+
+    def _callback(self, event: Any) -> None:
+        t = time.perf_counter()
+        if event.err or not event.attr_value.value:
+            return
+        text = event.attr_value.value
+        summary = json.loads(text)
+        self.events.put((t, summary["id"], summary["state"], len(text.encode())))
+
+    def until(self, pid: int, state: str, timeout: float = 30.0) -> tuple[float, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            t, got_id, got_state, size = self.events.get(
+                timeout=max(0.01, deadline - time.monotonic())
+            )
+            if got_id == pid and got_state == state:
+                return t, size
+
+
+def lifecycle(
+    proxy: tango.DeviceProxy, events: ChangeListener, uri: str
+) -> tuple[float, float, int]:
+    """Prepare, wait READY, Start: (ms to RUNNING, ms to COMPLETE, procedureChange bytes)."""
+    pid = json.loads(proxy.Prepare(uri))["id"]
+    events.until(pid, "READY")
+    t0 = time.perf_counter()
+    proxy.StartProcedure(pid)
+    running, _ = events.until(pid, "RUNNING")
+    complete, size = events.until(pid, "COMPLETE")
+    return (running - t0) * 1000, (complete - t0) * 1000, size
+
+
+def summaries_size(proxy: tango.DeviceProxy) -> int:
+    return len(proxy.procedureSummaries.encode())
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", default=bool(os.environ.get("BENCH_QUICK"))
+    )
+    args = parser.parse_args(argv)
+    n = 5 if args.quick else 30
+    with tempfile.TemporaryDirectory(prefix="oet-face-bench-") as folder:
+        tmp = pathlib.Path(folder)
+        (tmp / "trivial.py").write_text("def main():\n    pass\n")
+        uri = f"file://{tmp / 'trivial.py'}"
+        port = _free_port()
+        tango_host = f"127.0.0.1:{port}"
+        env = run.child_env(tango_host)
+        started: list[Any] = []
+        with open(tmp / "db.log", "wb") as db_log, open(tmp / "server.log", "wb") as log:
+            try:
+                started.append(
+                    run.start_database("127.0.0.1", port, tmp / "db.sqlite", log=db_log)
+                )
+                # two servers side by side: oet/executor/1 keeps no ended procedure, /2 keeps 100
+                config = run.load_config(repo=REPO, devices=2)
+                for instance, history in (("1", "0"), ("2", "150")):
+                    name = f"oet/executor/{instance}"
+                    props = config["servers"]["ObservationExecutionTool"][instance][
+                        "ObservationExecutionTool"
+                    ][name]["properties"]
+                    props.update(
+                        {
+                            "ScriptRoots": [str(tmp)],
+                            "HistoryLength": [history],
+                            "MaxRunning": ["1"],
+                            "AbortScript": [],
+                            "PreloadModules": [],
+                        }
+                    )
+                run.register(config, tango_host)
+                proxies = []
+                for instance in (1, 2):
+                    server = run.start_server(instance, env, log=log)
+                    started.append(server)
+                    name = f"oet/executor/{instance}"
+                    run.wait_for_device(name, 60, tango_host=tango_host, proc=server)
+                    proxies.append(tango.DeviceProxy(f"tango://{tango_host}/{name}"))
+                rows = measure(proxies, uri, n)
+            finally:
+                for proc in reversed(started):
+                    run.stop_process(proc)
+    print_table(rows, n)
+    return 0
+
+
+def measure(proxies: list[tango.DeviceProxy], uri: str, n: int) -> dict[int, dict[str, Any]]:
+    """Alternate lifecycles on the empty device and the one holding HELD ended procedures."""
+    empty, full = proxies
+    listeners = {0: ChangeListener(empty), HELD: ChangeListener(full)}
+    for held, proxy in ((0, empty), (HELD, full)):
+        lifecycle(proxy, listeners[held], uri)  # warm the spare workers and the caches
+    while len(json.loads(full.Summarise(""))) < HELD:
+        lifecycle(full, listeners[HELD], uri)
+    samples: dict[int, dict[str, list[float]]] = {
+        held: {"running": [], "complete": []} for held in listeners
+    }
+    sizes = {held: 0 for held in listeners}
+    for _ in range(n):
+        for held, proxy in ((0, empty), (HELD, full)):
+            r, c, sizes[held] = lifecycle(proxy, listeners[held], uri)
+            samples[held]["running"].append(r)
+            samples[held]["complete"].append(c)
+    assert len(json.loads(empty.Summarise(""))) == 0, "the empty device kept a procedure"
+    return {
+        held: {
+            "summaries_bytes": summaries_size(proxy),
+            "change_bytes": sizes[held],
+            "running": median(samples[held]["running"]),
+            "complete": median(samples[held]["complete"]),
+        }
+        for held, proxy in ((0, empty), (HELD, full))
+    }
+
+
+def print_table(results: dict[int, dict[str, Any]], n: int) -> None:
+    empty, full = results[0], results[HELD]
+    rows = [
+        ("procedureSummaries event, 0 ended held", f"{empty['summaries_bytes']} B", ""),
+        (f"procedureSummaries event, {HELD} ended held", f"{full['summaries_bytes']} B", ""),
+        ("procedureChange event, 0 ended held", f"{empty['change_bytes']} B", ""),
+        (f"procedureChange event, {HELD} ended held", f"{full['change_bytes']} B",
+         "same as with 0" if full["change_bytes"] <= empty["change_bytes"] + 64 else "GREW"),
+    ]  # fmt: skip
+    for key, label in (("running", "Start -> RUNNING"), ("complete", "Start -> COMPLETE")):
+        ratio = full[key] / empty[key] if empty[key] else float("nan")
+        met = "yes" if ratio <= GOAL_RATIO else "NO"
+        rows.append(
+            (f"{label} (procedureChange), 0 held, median of {n}", f"{empty[key]:.2f} ms", "")
+        )
+        rows.append(
+            (
+                f"{label} (procedureChange), {HELD} held, median of {n}",
+                f"{full[key]:.2f} ms",
+                f"{ratio:.2f}x of 0 held (goal <= {GOAL_RATIO}x): {met}",
+            )
+        )
+    width = max(len(r[0]) for r in rows)
+    print(f"\nOperator face ({time.strftime('%Y-%m-%d')}, n={n})")
+    print(f"{'metric':<{width}} | {'value':>12} | goal")
+    print(f"{'-' * width}-+-{'-' * 12}-+-----")
+    for metric, value, goal in rows:
+        print(f"{metric:<{width}} | {value:>12} | {goal}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
