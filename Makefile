@@ -79,6 +79,7 @@ ifdef PEER_BENCH
 else
 	$(BIN)/python benchmarks/lifecycle.py
 endif
+	$(BIN)/python benchmarks/face.py
 
 clean:
 	rm -rf $(VENV) $(VENV_313) .oet build dist src/*.egg-info
