@@ -227,6 +227,15 @@ def format_details(summary: dict[str, Any], tz: datetime.tzinfo | None = None) -
         lines.append(f"  {fn + ':':<12} {fn}({format_call(call)})")
     if summary.get("uri"):
         lines.append(f"  uri:         {summary['uri']}")
+    if summary.get("pause_pending"):
+        lines.append("  pause:       pending (at the script's next checkpoint)")
+    progress = summary.get("progress")
+    if isinstance(progress, dict):
+        fraction = progress.get("fraction")
+        done = f"{fraction:.0%}" if isinstance(fraction, int | float) else "-"
+        lines.append(f"  progress:    {done} {printable(progress.get('message') or '')}".rstrip())
+    if summary.get("result") is not None:
+        lines.append(f"  result:      {printable(json.dumps(summary['result']))[:500]}")
     history = (summary.get("history") or {}).get("process_states") or []
     lines.append("")
     lines.append(table(("TIME", "STATE"), [(format_time(t, tz), s) for s, t in history]))
@@ -369,6 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_positive_id)
     p.add_argument("--abort", action="store_true", help="then run the abort script")
 
+    p = sub.add_parser(
+        "pause",
+        parents=[common],
+        help="pause a RUNNING procedure at its script's next checkpoint()",
+        description="Pause a RUNNING procedure: it becomes PAUSED when its script next calls "
+        "ska_oso_oet.scripting.checkpoint() (a script that never calls it runs on).",
+    )
+    p.add_argument("id", type=_positive_id)
+    p = sub.add_parser(
+        "resume", parents=[common], help="resume a PAUSED procedure (or cancel a pending pause)"
+    )
+    p.add_argument("id", type=_positive_id)
+
     sub.add_parser("list", parents=[common], help="list the procedures")
     p = sub.add_parser("describe", parents=[common], help="one procedure in full")
     p.add_argument("id", type=_positive_id)
@@ -410,6 +432,8 @@ def request_for(args: argparse.Namespace) -> tuple[str, str]:
         )
     if args.command == "stop":
         return "Stop", json.dumps(stop_request(args.id, args.abort))
+    if args.command in ("pause", "resume"):
+        return args.command.capitalize(), json.dumps({"id": args.id})
     if args.command == "list":
         return "Summarise", ""
     if args.command == "describe":
@@ -490,6 +514,11 @@ def render(args: argparse.Namespace, reply: str) -> str:
         text = f"Stop requested for procedure {args.id}."
         if value:
             text += "\nAbort procedure started:\n" + format_summaries(value)
+        return text
+    if args.command in ("pause", "resume"):
+        text = format_summaries([value])
+        if value.get("pause_pending"):
+            text += "\nThe pause is pending: it takes effect at the script's next checkpoint()."
         return text
     if args.command == "list":
         return format_summaries(value)

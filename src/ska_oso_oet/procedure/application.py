@@ -21,7 +21,7 @@ from typing import Any
 
 from pubsub import pub
 
-from ska_oso_oet.procedure import settings
+from ska_oso_oet.procedure import messages, settings
 from ska_oso_oet.procedure.callables import check_call
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.errors import (
@@ -122,6 +122,12 @@ class ProcedureSummary:
     history: ProcedureHistory
     state: ProcedureState
     uri: str | None = None
+    #: the script's last report_progress(): {"fraction": .., "message": .., "time": ..}
+    progress: dict[str, Any] | None = None
+    #: what the last started function returned (messages.bound_result), None until then
+    result: Any = None
+    #: a Pause was asked for and the script has not reached a checkpoint() yet
+    pause_pending: bool = False
 
 
 @dataclasses.dataclass
@@ -140,6 +146,9 @@ class _Record:
     script_args: list[ArgCapture]
     callables: dict[str, Any] | None = None  # at READY: name -> signature spec (or None)
     claims_run: bool = False  # a start was accepted and its function has not ended
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    pause_pending: bool = False
 
 
 Listener = Callable[[ProcedureSummary], None]
@@ -230,7 +239,8 @@ class ScriptExecutionService:
         self._ended: deque[int] = deque()
         self._abort_after: dict[int, int] = {}
         self._listeners: list[Listener] = []
-        self._outbox: deque[tuple[int, ProcedureState, ProcedureSummary]] = deque()
+        # (id, new state or None when only the summary changed, summary)
+        self._outbox: deque[tuple[int, ProcedureState | None, ProcedureSummary]] = deque()
         self._dispatch_lock = threading.RLock()
         self._wait_for_qa_ready = False
         self._closed = False
@@ -243,6 +253,7 @@ class ScriptExecutionService:
             stop_grace=stop_grace,
             spare_workers=spare_workers,
             preload_modules=preload_modules,
+            on_update=self._on_update,
         )
         self._management = ManagementListener(self._supervisor, self._manager.name)
         pub.subscribe(self.handle_wait_for_qa_ready_enable, WAIT_FOR_QA_READY_ENABLE)
@@ -364,6 +375,7 @@ class ScriptExecutionService:
                 context=self._context(),
             )
             rec.claims_run = True
+            rec.result = None  # until this function returns
             rec.script_args.append(ArgCapture(fn_name, cmd.run_args, now))
             LOGGER.info("Procedure %s: starting %s", pid, fn_name)
             return self._summary(pid)
@@ -407,6 +419,58 @@ class ScriptExecutionService:
                 ) from exc
             self._abort_after[pid] = abort.id
             return [abort]
+
+    def pause(self, pid: int) -> ProcedureSummary:
+        """Ask a RUNNING procedure to pause: it becomes PAUSED when its script next calls
+        ``ska_oso_oet.scripting.checkpoint()``, and stays there until :meth:`resume` or
+        :meth:`stop`. Until then the summary shows ``pause_pending``. A script that never
+        calls checkpoint() runs on to its end. Returns at once."""
+        with self._lock:
+            self._check_open()
+            rec = self._record(pid)
+            state = self._states[pid]
+            if state is ProcedureState.PAUSED:
+                raise ProcedureStateError(f"Procedure {pid} is already PAUSED; Resume it to go on")
+            if state is not ProcedureState.RUNNING:
+                raise ProcedureStateError(
+                    f"Procedure {pid} is {state.name}, not RUNNING: only a running procedure "
+                    "can be paused (it pauses at its next checkpoint())"
+                )
+            if not rec.pause_pending:
+                rec.pause_pending = True
+                LOGGER.info("Procedure %s: pause requested", pid)
+                self._supervisor.control(pid, messages.Pause())
+                self._outbox.append((pid, None, self._summary(pid)))
+            summary = self._summary(pid)
+        self._dispatch()
+        return summary
+
+    def resume(self, pid: int) -> ProcedureSummary:
+        """Let a PAUSED procedure go on (RUNNING again), or cancel a pause that is still
+        pending. Returns at once."""
+        with self._lock:
+            self._check_open()
+            rec = self._record(pid)
+            state = self._states[pid]
+            if state is not ProcedureState.PAUSED and not rec.pause_pending:
+                hint = (
+                    "; no pause is pending either (a Pause takes effect at the script's next "
+                    "checkpoint())"
+                    if state is ProcedureState.RUNNING
+                    else ""
+                )
+                raise ProcedureStateError(
+                    f"Procedure {pid} is {state.name}, not PAUSED{hint}: there is nothing to "
+                    "resume"
+                )
+            LOGGER.info("Procedure %s: resuming", pid)
+            self._supervisor.control(pid, messages.Resume())
+            if rec.pause_pending:
+                rec.pause_pending = False
+                self._outbox.append((pid, None, self._summary(pid)))
+            summary = self._summary(pid)
+        self._dispatch()
+        return summary
 
     def summarise(self, pids: list[int] | None = None) -> list[ProcedureSummary]:
         """ProcedureSummary objects for the requested procedure IDs, or for all of them."""
@@ -526,6 +590,8 @@ class ScriptExecutionService:
                     rec.script = dataclasses.replace(rec.script, git_args=git_args)
             if state.is_final or (state is ProcedureState.READY and old is ProcedureState.RUNNING):
                 rec.claims_run = False
+            if state is not ProcedureState.RUNNING:
+                rec.pause_pending = False  # reached a checkpoint, or the function has ended
             self._outbox.append((pid, state, self._summary(pid)))
             if state.is_final:
                 self._ended.append(pid)
@@ -537,6 +603,20 @@ class ScriptExecutionService:
         self._dispatch()
         if abort_id is not None:
             self._start_abort(pid, abort_id)
+
+    def _on_update(self, pid: int, news: Any) -> None:
+        """A worker's progress (announced at once) or the result of its function (shown with
+        the READY that follows it)."""
+        with self._lock:
+            rec = self._records.get(pid)
+            if rec is None or self._states[pid].is_final:
+                return
+            if isinstance(news, messages.Result):
+                rec.result = news.value
+                return
+            rec.progress = {"fraction": news.fraction, "message": news.message, "time": news.time}
+            self._outbox.append((pid, None, self._summary(pid)))
+        self._dispatch()
 
     def _on_pubsub(self, pid: int | None, topic: str, kwargs: dict[str, Any]) -> None:
         pub.sendMessage(topic, **kwargs)
@@ -566,7 +646,8 @@ class ScriptExecutionService:
                         return
                     pid, state, summary = self._outbox.popleft()
                 try:
-                    pub.sendMessage(STATECHANGE_TOPIC, msg_src=pid, new_state=state)
+                    if state is not None:  # else only the summary changed (e.g. progress)
+                        pub.sendMessage(STATECHANGE_TOPIC, msg_src=pid, new_state=state)
                 except Exception:
                     LOGGER.exception("A %s listener failed", STATECHANGE_TOPIC)
                 for listener in list(self._listeners):
@@ -596,6 +677,9 @@ class ScriptExecutionService:
             script_args=list(rec.script_args),
             history=ProcedureHistory(list(rec.history.process_states), rec.history.stacktrace),
             state=self._states[pid],
+            progress=None if rec.progress is None else dict(rec.progress),
+            result=rec.result,
+            pause_pending=rec.pause_pending,
         )
 
     def _subarray_id(self, pid: int) -> Any:

@@ -29,6 +29,10 @@ HEADER = struct.Struct("!I")
 MAX_FROM_WORKER = 16 * 1024 * 1024
 #: Most callables a script may offer a Start.
 MAX_CALLABLES = 10_000
+#: Longest JSON text of a function's result kept in a summary (a longer one is cut, said so).
+MAX_RESULT = 64 * 1024
+#: Longest progress message (the scripting module cuts longer ones).
+MAX_PROGRESS_MESSAGE = 1000
 
 
 class ProtocolError(ValueError):
@@ -76,7 +80,17 @@ class PubSub:
     kwargs: dict[str, Any]
 
 
-ToWorker = Load | PrepareEnv | Run | PubSub
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    """Pause at the script's next ``checkpoint()``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Cancel a pending pause, or go on from the checkpoint the script is paused at."""
+
+
+ToWorker = Load | PrepareEnv | Run | PubSub | Pause | Resume
 
 
 def encode_to_worker(msg: ToWorker) -> bytes:
@@ -86,7 +100,7 @@ def encode_to_worker(msg: ToWorker) -> bytes:
 
 def decode_to_worker(body: bytes) -> ToWorker:
     msg = pickle.loads(body)
-    if not isinstance(msg, Load | PrepareEnv | Run | PubSub):
+    if not isinstance(msg, Load | PrepareEnv | Run | PubSub | Pause | Resume):
         raise ProtocolError(f"Not a message for a worker: {type(msg).__name__}")
     return msg
 
@@ -115,12 +129,30 @@ class Exit:
     killed: list[int]
 
 
-FromWorker = StateChange | Exit | PubSub
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """The script's latest ``report_progress(fraction, message)``, made at ``time``."""
+
+    fraction: float | None
+    message: str
+    time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What the started function returned, as :func:`bound_result` made it."""
+
+    value: Any
+
+
+FromWorker = StateChange | Exit | PubSub | Progress | Result
 
 _FROM_WORKER: dict[str, type[FromWorker]] = {
     "state": StateChange,
     "exit": Exit,
     "pubsub": PubSub,
+    "progress": Progress,
+    "result": Result,
 }
 _KIND = {cls: kind for kind, cls in _FROM_WORKER.items()}
 
@@ -190,11 +222,52 @@ def decode_from_worker(body: bytes) -> FromWorker:
                 stacktrace=_optional_str(doc, "stacktrace"),
                 killed=_str_list(doc["killed"], "killed", int),
             )
+        if cls is Progress:
+            return _progress(doc)
+        if cls is Result:
+            if len(body) > MAX_RESULT + 64:
+                raise ProtocolError(f"a result of {len(body)} bytes (at most {MAX_RESULT})")
+            return Result(value=doc["value"])
         return PubSub(
             topic=_check(doc["topic"], str, "topic"), kwargs=_check(doc["kwargs"], dict, "kwargs")
         )
     except KeyError as exc:
         raise ProtocolError(f"missing field {exc}") from None
+
+
+def _progress(doc: dict[str, Any]) -> Progress:
+    fraction = doc["fraction"]
+    if fraction is not None:
+        fraction = float(_check(fraction, int | float, "fraction"))
+        if not 0.0 <= fraction <= 1.0:
+            raise ProtocolError(f"progress fraction {fraction!r} is not from 0 to 1")
+    message = _check(doc["message"], str, "message")
+    if len(message) > MAX_PROGRESS_MESSAGE:
+        raise ProtocolError(f"a progress message of {len(message)} characters")
+    return Progress(fraction, message, float(_check(doc["time"], int | float, "time")))
+
+
+def bound_result(value: Any) -> Any:
+    """A function's return value as a summary holds it: the value itself when it is JSON of
+    at most :data:`MAX_RESULT` characters, else its ``repr``; a text over the bound is cut and
+    ends with a note saying so."""
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        json.loads(f"[[{text}]]")  # what the supervisor will parse, a level or two deeper
+    except (TypeError, ValueError, RecursionError):
+        try:
+            value = repr(value)
+        except Exception as exc:  # a script's __repr__ can fail like any code
+            value = f"<{type(value).__name__} object; its repr failed: {exc!r}>"
+        text = json.dumps(value)
+    if len(text) <= MAX_RESULT:
+        return value
+    raw = text if not isinstance(value, str) else value
+    note = f" ... [cut: the result is {len(text)} characters of JSON, {MAX_RESULT} are kept]"
+    keep = MAX_RESULT - len(note) - 2
+    while keep > 0 and len(json.dumps(raw[:keep] + note)) > MAX_RESULT:
+        keep = keep * 3 // 4  # characters that JSON escapes take more room
+    return raw[:keep] + note
 
 
 class FrameReader:

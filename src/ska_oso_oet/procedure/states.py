@@ -16,6 +16,7 @@ class ProcedureState(enum.Enum):
     INITIALISING = enum.auto()
     READY = enum.auto()
     RUNNING = enum.auto()
+    PAUSED = enum.auto()
     COMPLETE = enum.auto()
     STOPPED = enum.auto()
     FAILED = enum.auto()
@@ -30,6 +31,9 @@ S = ProcedureState
 #: States after which nothing else happens: the worker process is gone.
 FINAL_STATES = frozenset({S.COMPLETE, S.STOPPED, S.FAILED, S.UNKNOWN})
 
+#: States in which a started function has not ended: they count against MaxRunning.
+ACTIVE_STATES = frozenset({S.RUNNING, S.PAUSED})
+
 #: Every normal transition. FAILED, STOPPED and UNKNOWN may follow any non-final state.
 TRANSITIONS: dict[ProcedureState, frozenset[ProcedureState]] = {
     S.CREATING: frozenset({S.IDLE}),
@@ -38,7 +42,9 @@ TRANSITIONS: dict[ProcedureState, frozenset[ProcedureState]] = {
     S.LOADING: frozenset({S.IDLE}),
     S.INITIALISING: frozenset({S.READY}),
     S.READY: frozenset({S.RUNNING, S.COMPLETE}),
-    S.RUNNING: frozenset({S.READY}),
+    S.RUNNING: frozenset({S.READY, S.PAUSED}),
+    # paused at a checkpoint() of the script: Resume (or the function's end) runs it again
+    S.PAUSED: frozenset({S.RUNNING}),
 }
 
 _ALWAYS_ALLOWED = frozenset({S.FAILED, S.STOPPED, S.UNKNOWN})

@@ -48,6 +48,8 @@ MAX_OUTBOX = 64 * 1024 * 1024
 
 StateCallback = Callable[[int, ProcedureState, float, dict[str, Any] | None], None]
 PubSubCallback = Callable[[int | None, str, dict[str, Any]], None]
+#: A worker's news that is not a state: (procedure ID, a messages.Progress or messages.Result).
+UpdateCallback = Callable[[int, Any], None]
 
 
 @dataclasses.dataclass(eq=False)
@@ -246,9 +248,11 @@ class Supervisor:
         stop_grace: float,
         spare_workers: int,
         preload_modules: Iterable[str] = (),
+        on_update: UpdateCallback | None = None,
     ) -> None:
         self._on_state = on_state
         self._on_pubsub = on_pubsub
+        self._on_update = on_update
         self.stop_grace = stop_grace
         self.spare_workers = spare_workers
         self._preload = list(preload_modules)
@@ -313,6 +317,13 @@ class Supervisor:
 
     def stop(self, procedure_id: int) -> None:
         self._post(_Stop(procedure_id))
+
+    def control(self, procedure_id: int, msg: m.Pause | m.Resume) -> None:
+        """Send Pause or Resume to a procedure's worker (dropped when it is stopping or
+        gone: a stop wins)."""
+        w = self._workers.get(procedure_id)
+        if w is not None and not w.stopping and w.send(msg):
+            self._post(_Flush(procedure_id))
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop every worker (as a Stop would, with ``grace`` seconds between SIGTERM and
@@ -611,6 +622,12 @@ class Supervisor:
                     "Publishing %r from procedure %s failed", msg.topic, w.procedure_id
                 )
             self._broadcast(w, msg)
+        elif isinstance(msg, m.Progress | m.Result):
+            if w.procedure_id is not None and self._on_update is not None:
+                try:
+                    self._on_update(w.procedure_id, msg)
+                except Exception:
+                    LOGGER.exception("Recording news of procedure %s failed", w.procedure_id)
         else:
             if msg.state not in ProcedureState.__members__:
                 raise m.ProtocolError(f"unknown state {msg.state!r}")

@@ -30,6 +30,7 @@ from typing import Any
 
 from pubsub import pub
 
+from ska_oso_oet import scripting
 from ska_oso_oet.procedure import callables, proctree
 from ska_oso_oet.procedure import messages as m
 from ska_oso_oet.procedure.context import ScriptContext
@@ -193,13 +194,17 @@ class ScriptWorker:
         self._os_pid = os.getpid()
         self._checkout: str | None = None
         self._commit: str | None = None
-        self.term_handler = functools.partial(script_signal_handler, self._signals, StopScript)
+        #: the worker's end of ska_oso_oet.scripting: pauses at checkpoints, progress
+        self.agent = scripting.Agent(self._send_pause_state, self._send_progress, StopScript)
+        stop = functools.partial(script_signal_handler, self._signals, StopScript)
+        self.term_handler = functools.partial(_interrupting, self.agent, stop)
 
     # -- the two threads ---------------------------------------------------------------------
 
     def run(self) -> None:
         """Entry point in the child process's main thread; never returns."""
         signal.signal(signal.SIGTERM, self.term_handler)
+        scripting.install(self.agent)
         _serialise_topic_creation()
         pub.subscribe(self.republish, pub.ALL_TOPICS)
         loop = threading.Thread(target=self.main_loop, name=f"{self.name}-loop", daemon=True)
@@ -235,6 +240,10 @@ class ScriptWorker:
         """Act on one message from the work queue (runs in the loop thread)."""
         if isinstance(msg, m.PubSub):
             self._deliver(msg.topic, msg.kwargs)
+        elif isinstance(msg, m.Pause):
+            self.agent.request_pause()
+        elif isinstance(msg, m.Resume):
+            self.agent.resume()
         else:
             self._tasks.put(msg)
 
@@ -324,13 +333,17 @@ class ScriptWorker:
                 f"functions: {have or 'none'}); imported functions cannot be called"
             )
         self.run_state = RunThreadState(threading.current_thread(), fn_name)
+        self.agent.begin_run()
         self.publish_lifecycle(ProcedureState.RUNNING)
+        result = None
         try:
-            self._call(fn, run_args, context)
+            result = self._call(fn, run_args, context)
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 raise
             # sys.exit() or sys.exit(0) ends the function successfully
+        self._send(m.Result(m.bound_result(result)))
+        self.agent.end_run()  # the last progress, and RUNNING if a thread it left is paused
         self.run_state = None
         self.publish_lifecycle(ProcedureState.READY)
         if fn_name == "main":
@@ -341,6 +354,8 @@ class ScriptWorker:
     ) -> Any:
         kwargs = dict(fn_input.kwargs)
         if _accepts_context(fn):
+            if isinstance(context, ScriptContext) and self.procedure_id is not None:
+                context = dataclasses.replace(context, procedure_id=self.procedure_id)
             kwargs["context"] = context
         try:
             result = fn(*fn_input.args, **kwargs)
@@ -381,6 +396,14 @@ class ScriptWorker:
         """Broadcast a lifecycle status change event."""
         self._send(m.StateChange(new_state.name, time.time(), callables, git_commit))
 
+    def _send_pause_state(self, state: str, checkpoint: str | None) -> None:
+        if checkpoint is not None and state == ProcedureState.PAUSED.name:
+            LOGGER.info("Paused at checkpoint %r", checkpoint)
+        self.publish_lifecycle(ProcedureState[state])
+
+    def _send_progress(self, fraction: float | None, message: str, when: float) -> None:
+        self._send(m.Progress(fraction, message, when))
+
     def republish(self, topic: Any = pub.AUTO_TOPIC, **kwargs: Any) -> None:
         """Republish a local pypubsub event over the inter-process event bus."""
         if getattr(self._local, "delivering", False):
@@ -409,10 +432,26 @@ class ScriptWorker:
             _flush_and_exit(0)  # a forked copy of the worker that returned from the script
         killed = kill_descendants()
         try:
+            self.agent.flush(blocking=False)  # the script's last progress, if it waits
+        except Exception:
+            pass
+        try:
             self.event_q.put(m.Exit(state.name, stacktrace, killed))
         except Exception:
             pass
         _flush_and_exit(0 if state is ProcedureState.COMPLETE else 1, kill=False)
+
+
+def _interrupting(
+    agent: scripting.Agent,
+    handler: Callable[[int, types.FrameType | None], None],
+    signal_num: int,
+    frame: types.FrameType | None,
+) -> None:
+    """The SIGTERM handler: a stop wakes every paused checkpoint (it raises there too), then
+    raises in the main thread as ever."""
+    agent.interrupt()
+    handler(signal_num, frame)
 
 
 def _serialise_topic_creation() -> None:

@@ -28,7 +28,7 @@ from ska_oso_oet.procedure.errors import (
     UnknownProcedureError,
 )
 from ska_oso_oet.procedure.scripts import FileSystemScript
-from ska_oso_oet.procedure.states import ProcedureState
+from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
 from ska_oso_oet.procedure.ui import server as rest
 from ska_oso_oet.tango.ska import ACCEPTING_MODES, AdminMode, HealthState, SKADevice
 
@@ -67,6 +67,21 @@ def translate_errors(fn: F) -> F:
             _throw("OET_InternalError", f"{type(exc).__name__}: {exc}", origin)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _procedure_id(request: str, command: str) -> int:
+    """The ID in ``{"id": N}``, the argument of Pause and Resume."""
+    example = f'{command} takes {{"id": N}}, e.g. {{"id": 1}}'
+    try:
+        doc = json.loads(request)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ui.RequestError(f"The request is not valid JSON ({exc}); {example}") from None
+    if not isinstance(doc, dict) or set(doc) != {"id"}:
+        raise ui.RequestError(f"Invalid request: {example}")
+    pid = doc["id"]
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise ui.RequestError(f"Invalid request: id must be an integer; {example}")
+    return pid
 
 
 def _property(name: str) -> Any:
@@ -237,7 +252,7 @@ class ObservationExecutionTool(SKADevice):
         if self._admin_mode not in ACCEPTING_MODES:
             state, status = DevState.DISABLE, f"Disabled: adminMode is {self._admin_mode.name}"
         else:
-            running = [p for p, s in self._states.items() if s is ProcedureState.RUNNING]
+            running = [p for p, s in self._states.items() if s in ACTIVE_STATES]
             if running:
                 state = DevState.RUNNING
                 status = f"Running procedure {', '.join(map(str, running))}"
@@ -309,6 +324,29 @@ class ObservationExecutionTool(SKADevice):
     def Stop(self, request: str) -> str:
         ses = self._service()
         return ui.to_json(ses.stop(ui.parse_stop(request)))
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"id": 1}',
+        doc_out="ProcedureSummary JSON; it is PAUSED at the script's next checkpoint() "
+        "(pause_pending until then); refused unless RUNNING",
+    )
+    @translate_errors
+    def Pause(self, request: str) -> str:
+        ses = self._service()
+        return ui.to_json(ses.pause(_procedure_id(request, "Pause")))
+
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"id": 1}',
+        doc_out="ProcedureSummary JSON; refused unless PAUSED or a pause is pending",
+    )
+    @translate_errors
+    def Resume(self, request: str) -> str:
+        ses = self._service()
+        return ui.to_json(ses.resume(_procedure_id(request, "Resume")))
 
     @command(
         dtype_in=str,

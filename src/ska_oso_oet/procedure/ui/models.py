@@ -140,6 +140,14 @@ class HistoryModel(_Strict):
     stacktrace: str | None = None
 
 
+class ProgressModel(_Strict):
+    """The script's last ``report_progress()``."""
+
+    fraction: float | None = Field(examples=[0.4])
+    message: str = Field(examples=["slewing"])
+    time: float
+
+
 class SummaryModel(_Strict):
     """A ProcedureSummary, as every Tango command and REST route returns it."""
 
@@ -149,6 +157,9 @@ class SummaryModel(_Strict):
     history: HistoryModel
     state: str = Field(examples=["READY"])
     uri: str | None = None
+    progress: ProgressModel | None = None
+    result: Any = None
+    pause_pending: bool = False
 
 
 class StopResultModel(_Strict):

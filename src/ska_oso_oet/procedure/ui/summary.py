@@ -41,6 +41,9 @@ def summary_to_dict(summary: ProcedureSummary) -> dict[str, Any]:
         },
         "state": summary.state.name,
         "uri": summary.uri,
+        "progress": summary.progress,
+        "result": summary.result,
+        "pause_pending": summary.pause_pending,
     }
 
 
