@@ -463,3 +463,13 @@ def test_listen_prints_the_error_of_a_failed_procedure() -> None:
     line = cli.history_line(failed, ["FAILED", T0], UTC)
     assert line.endswith("FAILED        file:///abs/hello.py  RuntimeError: on fire"), line
     assert "RuntimeError" not in cli.history_line(summary(6, "READY"), ["READY", T0], UTC)
+
+
+def test_abort_is_the_panic_button() -> None:
+    args = cli.parse_args(["abort"])
+    assert cli.request_for(args) == ("Abort", "")
+    assert cli.render(args, "[]") == "Nothing was running: nothing to abort."
+    text = cli.render(args, json.dumps([summary(7, "CREATING"), summary(8, "CREATING")]))
+    lines = text.splitlines()
+    assert lines[0] == "Stopping; abort procedures started:"
+    assert [line.split()[0] for line in lines[2:]] == ["7", "8"]

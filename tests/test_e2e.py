@@ -535,6 +535,17 @@ def test_typed_attributes_by_events_through_a_lifecycle_a_failure_and_an_abort(
             face.wait(lambda v, p=sleeper: face.states(p)[-1:] == ["STOPPED"], "STOPPED")
         for abort in aborts:
             face.wait(lambda v, a=abort["id"]: face.states(a)[-1:] == ["COMPLETE"], "aborted")
+        # the same button from a shell
+        another = json.loads(device.Prepare(uri("long_running.py")))["id"]
+        face.wait(lambda v: "READY" in face.states(another), "READY")
+        device.StartProcedure(another)
+        face.wait(lambda v: v.get("runningprocedureids") == [another], "running")
+        pressed = oet.cli("abort")
+        assert pressed.returncode == 0, pressed.stderr
+        assert pressed.stdout.splitlines()[0] == "Stopping; abort procedures started:"
+        face.wait(lambda v: face.states(another)[-1:] == ["STOPPED"], "STOPPED")
+        again = oet.cli("abort")
+        assert again.stdout.strip() == "Nothing was running: nothing to abort.", again.stderr
         assert face.errors == []
     finally:
         face.close()
