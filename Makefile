@@ -14,6 +14,10 @@ VENV := .venv
 VENV_313 := .venv-3.13
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# TangoGQL, the GraphQL gateway between Taranta and Tango, for the end-to-end tests: a venv of
+# its own, for it needs starlette < 1, which the FastAPI of the REST face does not accept.
+VENV_GQL := .venv-tangogql
+TANGOGQL := tangogql==2.3.0
 PYTEST_ARGS ?=
 
 .PHONY: help install run test test-3.11 test-3.13 lint format bench clean
@@ -53,6 +57,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks tools
 	$(BIN)/ruff format src tests benchmarks tools
 
+$(VENV_GQL)/.installed: | $(STAMP)
+	$(PYTHON) -m venv $(VENV_GQL)
+	$(VENV_GQL)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_GQL)/bin/python -m pip install --quiet '$(TANGOGQL)' 'pytango>=10.3,<10.4'
+	@touch $@
+
 $(BIN)/helm: | $(STAMP)
 	$(BIN)/python tools/fetch_helm.py $(BIN)/helm
 
@@ -61,12 +71,14 @@ test: lint
 	@$(MAKE) --no-print-directory -k test-3.11 test-3.13
 
 # The one helm binary lives in .venv/bin; HELM hands it to the 3.13 run as well.
-pytest_in = $(if $(wildcard $(BIN)/helm),HELM=$(CURDIR)/$(BIN)/helm) $(1)/bin/python -m pytest $(PYTEST_ARGS)
+pytest_in = $(if $(wildcard $(BIN)/helm),HELM=$(CURDIR)/$(BIN)/helm) \
+	$(if $(wildcard $(VENV_GQL)/.installed),TANGOGQL_PYTHON=$(CURDIR)/$(VENV_GQL)/bin/python) \
+	$(1)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-3.11: $(STAMP) $(BIN)/helm
+test-3.11: $(STAMP) $(BIN)/helm $(VENV_GQL)/.installed
 	$(call pytest_in,$(VENV))
 
-test-3.13: $(VENV_313)/.installed $(BIN)/helm
+test-3.13: $(VENV_313)/.installed $(BIN)/helm $(VENV_GQL)/.installed
 	$(call pytest_in,$(VENV_313))
 
 # PEER_BENCH=path/to/sardana_bench.sh runs the Sardana peer benchmark first, in the same run,
@@ -82,4 +94,4 @@ endif
 	$(BIN)/python benchmarks/face.py
 
 clean:
-	rm -rf $(VENV) $(VENV_313) .oet build dist src/*.egg-info
+	rm -rf $(VENV) $(VENV_313) $(VENV_GQL) .oet build dist src/*.egg-info

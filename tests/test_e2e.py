@@ -554,6 +554,94 @@ def test_typed_attributes_by_events_through_a_lifecycle_a_failure_and_an_abort(
         oet.start_server()
 
 
+# -- (f) what Taranta sees: the typed attributes through TangoGQL --------------------------------
+
+#: The Python of the venv `make test` builds for TangoGQL (it cannot share the project's).
+TANGOGQL_PYTHON = pathlib.Path(
+    os.environ.get("TANGOGQL_PYTHON") or REPO / ".venv-tangogql" / "bin" / "python"
+)
+
+
+@pytest.fixture
+def tangogql(oet: Oet, tmp_path: pathlib.Path) -> Iterator[str]:
+    """TangoGQL on a free loopback port, talking to the test's Tango database; its URL."""
+    if not TANGOGQL_PYTHON.is_file():
+        reason = (
+            f"{TANGOGQL_PYTHON} not found: `make test` builds it (make .venv-tangogql/.installed)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(f"not run through TangoGQL: {reason}")
+    port = free_port()
+    env = {**oet.env, "TANGOGQL_NO_AUTH": "true"}
+    proc = subprocess.Popen(
+        [
+            str(TANGOGQL_PYTHON),
+            "-m",
+            "uvicorn",
+            "tangogql.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=tmp_path,  # no config.json of anyone's
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        err = OutputReader(proc.stderr)
+        err.wait_for(lambda line: "Uvicorn running on" in line or "startup complete" in line)
+        yield f"http://127.0.0.1:{port}/db"
+    finally:
+        stop_child(proc)
+
+
+def test_a_tangogql_client_shows_the_running_procedure_and_the_last_failure(
+    oet: Oet, tangogql: str
+) -> None:
+    import httpx
+
+    device = oet.proxy()
+    events = Subscriber(oet.trl)
+    try:
+        failing = json.loads(device.Prepare(uri("failing.py")))["id"]
+        events.wait_for(failing, "READY")
+        device.StartProcedure(failing)
+        events.wait_for(failing, "FAILED")
+        running = json.loads(device.Prepare(uri("long_running.py")))["id"]
+        events.wait_for(running, "READY")
+        device.StartProcedure(running)
+        events.wait_for(running, "RUNNING")
+
+        names = ["runningProcedureIds", "lastFailure", "procedureIds", "procedureStates"]
+        query = {
+            "query": "query($names: [String]!) { attributes(fullNames: $names) "
+            "{ name label datatype dataformat value } }",
+            "variables": {"names": [f"{DEVICE}/{n}" for n in names]},
+        }
+        reply = httpx.post(tangogql, json=query, timeout=TIMEOUT)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert "errors" not in body, body
+        got = {a["name"].lower(): a for a in body["data"]["attributes"]}
+        assert got["runningprocedureids"]["value"] == [running]
+        assert got["runningprocedureids"]["dataformat"] == "SPECTRUM"
+        assert got["runningprocedureids"]["label"] == "Running procedures"
+        assert got["lastfailure"]["value"] == (
+            f"{failing} failing.py: ObservationError: failing.py fails on purpose: the dish "
+            "refused to move"
+        )
+        ids, states = got["procedureids"]["value"], got["procedurestates"]["value"]
+        assert states[ids.index(running)] == "RUNNING"
+        assert states[ids.index(failing)] == "FAILED"
+    finally:
+        device.Abort()
+        events.close()
+
+
 # -- the launcher itself (`make run`) ----------------------------------------------------------
 
 
