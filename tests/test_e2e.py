@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -718,3 +719,47 @@ def test_launcher_exits_non_zero_when_a_child_dies(launcher: Callable[..., Launc
     assert any("exited unexpectedly" in line for line in errors), errors
     _, alive = psutil.wait_procs(item.children, timeout=TIMEOUT)
     assert alive == []
+
+
+def test_launcher_stops_everything_when_its_terminal_closes(tmp_path: pathlib.Path) -> None:
+    """Closing the terminal window of `make run`: the terminal goes (writes fail with EIO) and
+    SIGHUP arrives. Everything the launcher started must stop, its database included."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = client_env(f"127.0.0.1:{free_port()}")
+    env["OET_DATA_DIR"] = str(tmp_path)
+    env["OET_REST_PORT"] = "0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ska_oso_oet.run"],
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    children: list[psutil.Process] = []
+    try:
+        text = b""
+        deadline = time.monotonic() + TIMEOUT
+        while b"Ctrl-C stops" not in text:  # read the terminal until the banner is shown
+            assert time.monotonic() < deadline and proc.poll() is None, text.decode()
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                text += os.read(master, 65536)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("PyDatabaseds" in " ".join(c.cmdline()) for c in children)
+        os.close(master)  # the window closes: the terminal is gone...
+        master = -1
+        proc.send_signal(signal.SIGHUP)  # ...and the kernel's SIGHUP arrives
+        assert proc.wait(TIMEOUT) == 0
+        _, alive = psutil.wait_procs(children, timeout=TIMEOUT)
+        assert alive == [], [c.cmdline() for c in alive]
+    finally:
+        if master >= 0:
+            os.close(master)
+        stop_child(proc)
+        for child in children:  # only if the launcher failed to stop them itself
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                child.kill()

@@ -305,8 +305,18 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int | No
 # -- the launcher ------------------------------------------------------------------------------
 
 
+def _say(text: str, err: bool = False) -> None:
+    """Print a line; a terminal that has gone (its window closed: EIO, a closed pipe) never
+    stops the launcher from stopping what it started."""
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 class _Stop:
-    """SIGINT/SIGTERM interrupt start-up and the wait (KeyboardInterrupt), not the clean-up."""
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) interrupt start-up and the wait
+    (KeyboardInterrupt), not the clean-up."""
 
     interruptible = True
 
@@ -417,7 +427,7 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
     db_log = None
     try:
         if database_answers(host, port):
-            print(f"Using the Tango database already at {tango_host}.", flush=True)
+            _say(f"Using the Tango database already at {tango_host}.")
         elif not is_local(host):
             raise LaunchError(
                 f"no Tango database answers at {tango_host}, and {host} is not this machine, "
@@ -428,7 +438,7 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
             sqlite = data / f"tango-{port}.sqlite"
             sqlite.parent.mkdir(parents=True, exist_ok=True)
             db_log = open(data / f"tango-{port}.log", "ab")
-            print(f"Starting a Tango database on {tango_host} ({sqlite})...", flush=True)
+            _say(f"Starting a Tango database on {tango_host} ({sqlite})...")
             db = start_database(host, port, sqlite, log=db_log)
             started.append((f"the Tango database (PID {db.pid})", db))
 
@@ -461,13 +471,13 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
                     raise LaunchError(f"{what} exited unexpectedly with status {proc.returncode}")
             time.sleep(0.2)
     except KeyboardInterrupt:
-        print("\nStopping...", flush=True)
+        _say("\nStopping...")
         return 0
     except LaunchError as exc:
-        print(f"oet run: error: {exc}", file=sys.stderr, flush=True)
+        _say(f"oet run: error: {exc}", err=True)
         return 1
     except tango.DevFailed as exc:
-        print(f"oet run: error: {error_text(exc)}", file=sys.stderr, flush=True)
+        _say(f"oet run: error: {error_text(exc)}", err=True)
         return 1
     finally:
         _Stop.interruptible = False
@@ -475,7 +485,7 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
         for what, proc in reversed(started):
             if proc.poll() is None:
                 stop_process(proc)
-                print(f"Stopped {what}.", flush=True)
+                _say(f"Stopped {what}.")
         if db_log is not None:
             db_log.close()
 
@@ -502,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(child_env(tango_host))
     signal.signal(signal.SIGINT, _Stop.handler)
     signal.signal(signal.SIGTERM, _Stop.handler)
+    signal.signal(signal.SIGHUP, _Stop.handler)
     return run(tango_host, args.devices, repo_root())
 
 
