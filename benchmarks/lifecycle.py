@@ -56,6 +56,7 @@ HISTORY_LENGTH = 60
 SARDANA_RUNMACRO_MS = 1.4  # RunMacro(noop) -> State ON event, median
 SARDANA_RSS_MIB = 112.0  # MacroServer idle VmRSS
 DEP_NAME = "oetbenchdep"
+PROGRESS_INTERVAL = 0.1  # s, ska_oso_oet.scripting.PROGRESS_INTERVAL (not imported: see above)
 
 SCRIPTS = {
     "trivial.py": "def main():\n    pass\n",
@@ -63,6 +64,27 @@ SCRIPTS = {
         "def init():\n    global np\n    import numpy as np\n\n\ndef main():\n    pass\n"
     ),
     "sleeper.py": "import time\n\n\ndef main(duration=60):\n    time.sleep(duration)\n",
+    "ticker.py": (  # 9.: a checkpoint() every 1 ms
+        "import time\n\n"
+        "from ska_oso_oet.scripting import checkpoint\n\n\n"
+        "def main(duration=60):\n"
+        "    end = time.monotonic() + duration\n"
+        "    while time.monotonic() < end:\n"
+        "        checkpoint()\n"
+        "        time.sleep(0.001)\n"
+    ),
+    "progress.py": (  # 9.: report_progress in a tight loop, timed by the script itself
+        "import time\n\n"
+        "from ska_oso_oet.scripting import report_progress\n\n\n"
+        "def main(n=100_000, report=True, seconds=0.0):\n"
+        "    t0 = time.perf_counter()\n"
+        "    i = 0\n"
+        "    while i < n or time.perf_counter() - t0 < seconds:\n"
+        "        if report:\n"
+        "            report_progress((i % n) / n, 'looping')\n"
+        "        i += 1\n"
+        "    return {'calls': i, 'seconds': time.perf_counter() - t0}\n"
+    ),
     "ignore_term.py": (
         "import signal\n"
         "import time\n\n\n"
@@ -1004,6 +1026,103 @@ class Bench:
             )
         )
 
+    def measure_pause(self) -> None:
+        """9. Pause -> PAUSED and Resume -> RUNNING of a script calling checkpoint() every
+        1 ms; report_progress in a loop: its cost, and the events it makes the device push."""
+        paused, resumed = [], []
+        pid, _ = self.prepare_ready(self.script("ticker.py"))
+        mark, _ = self.c.start(pid)
+        self.c.watcher.wait(pid, ["RUNNING"], mark)
+        request = json.dumps({"id": pid})
+        for _ in range(self.s.stop_n):
+            mark = self.c.watcher.mark(pid)
+            t0 = time.perf_counter()
+            self.c.proxy.Pause(request)
+            _, t = self.c.watcher.wait(pid, ["PAUSED"], mark)
+            paused.append((t - t0) * 1e3)
+            mark = self.c.watcher.mark(pid)
+            t0 = time.perf_counter()
+            self.c.proxy.Resume(request)
+            _, t = self.c.watcher.wait(pid, ["RUNNING"], mark)
+            resumed.append((t - t0) * 1e3)
+            time.sleep(0.005)
+        mark, _ = self.c.stop(pid)
+        self.c.watcher.wait(pid, ["STOPPED"], mark)
+        self.settle()
+        for label, samples in (("Pause -> PAUSED", paused), ("Resume -> RUNNING", resumed)):
+            self.rows.append(
+                sample_row(
+                    f"9. {label}, script calls checkpoint() every 1 ms",
+                    samples,
+                    "<= 5",
+                    lambda m, _: m <= 5.0,
+                )
+            )
+
+        def loop(**kwargs: Any) -> dict[str, Any]:
+            pid, _ = self.prepare_ready(self.script("progress.py"))
+            mark, _ = self.c.start(pid, **kwargs)
+            self.c.watcher.wait(pid, ["COMPLETE"], mark, timeout=60)
+            self.settle()
+            result = self.c.watcher.latest[pid].get("result")
+            if not isinstance(result, dict):
+                raise BenchError(f"progress.py returned {result!r}")
+            return result
+
+        reps = 3 if self.s.quick else 7
+        bare = [loop(report=False)["seconds"] * 1e3 for _ in range(reps)]
+        calls = [loop(report=True)["seconds"] * 1e3 for _ in range(reps)]
+        base = statistics.median(bare)
+        per_call_us = (statistics.median(calls) - base) / 100  # ms per 100 000 calls -> us
+        row = sample_row(
+            f"9. report_progress x 100 000 in a loop [ms] (the bare loop: {base:.1f} ms, "
+            f"x{statistics.median(calls) / base:.1f}; {per_call_us:.2f} us a call)",
+            calls,
+            "<= 5 us a call",
+        )
+        row.met = per_call_us <= 5.0
+        self.rows.append(row)
+        # events pushed while a script reports progress as fast as it can for 2 s
+        import tango
+
+        counted: list[float] = []
+        pid, _ = self.prepare_ready(self.script("progress.py"))
+        last: list[Any] = [None]
+
+        def on_event(event: Any) -> None:
+            t = time.perf_counter()
+            if event.err:
+                return
+            for s in json.loads(event.attr_value.value or "[]"):
+                if s["id"] == pid and s.get("progress") and s["progress"] != last[0]:
+                    last[0] = s["progress"]  # an event that carried a new progress value
+                    counted.append(t)
+
+        sub = self.c.proxy.subscribe_event(
+            "procedureSummaries", tango.EventType.CHANGE_EVENT, on_event
+        )
+        try:
+            mark, _ = self.c.start(pid, seconds=2.0)
+            _, t_run = self.c.watcher.wait(pid, ["RUNNING"], mark)
+            _, t_end = self.c.watcher.wait(pid, ["COMPLETE"], mark, timeout=60)
+        finally:
+            self.c.proxy.unsubscribe_event(sub)
+        during = [t for t in counted if t_run <= t <= t_end]
+        rate = len(during) / (t_end - t_run)
+        bound = 1 / PROGRESS_INTERVAL + 1
+        self.rows.append(
+            Row(
+                f"9. progress events pushed per second, reporting flat out for 2 s "
+                f"({len(during)} events)",
+                1,
+                rate,
+                None,
+                f"<= {bound:.0f}/s (one per {PROGRESS_INTERVAL:g} s)",
+                rate <= bound,
+                unit="/s",
+            )
+        )
+
     # -- all of it -----------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -1018,6 +1137,7 @@ class Bench:
         self.phase("6. 50 prepares, memory", self.measure_burst)
         self.phase("7. fan-out", self.measure_fanout)
         self.phase("8. git", self.measure_git)
+        self.phase("9. pause, progress", self.measure_pause)
         if self.c.watcher.jumps:
             log(f"the harness's own subscription saw {self.c.watcher.jumps} merged events")
 

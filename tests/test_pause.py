@@ -8,6 +8,7 @@ state change or an event, with a deadline.
 from __future__ import annotations
 
 import json
+import pathlib
 import socket
 import threading
 import time
@@ -322,6 +323,27 @@ def test_a_script_that_never_calls_checkpoint_runs_on(ses, gate):
     final(ses, pid)
 
 
+def test_the_example_scan_pauses_between_steps(ses):
+    example = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "scan_steps.py"
+    summary = ses.prepare(
+        PrepareProcessCommand(FileSystemScript(f"file://{example}"), ProcedureInput(subarray_id=3))
+    )
+    pid = summary.id
+    ses.wait_for_state(pid, S.READY, TIMEOUT)
+    started(ses, pid, steps=20, dwell=0.05)
+    ses.pause(pid)
+    paused = ses.wait_for_state(pid, S.PAUSED, TIMEOUT)
+    # paused between two steps (before the first one, if the pause came that early)
+    assert paused.progress is None or paused.progress["fraction"] < 1.0
+    ses.resume(pid)
+    done = final(ses, pid)
+    assert done.state is S.COMPLETE, done.history.stacktrace
+    assert states(done)[len(LOADED) :] == ["RUNNING", "PAUSED", "RUNNING", "READY", "COMPLETE"]
+    assert done.result["procedure_id"] == pid and done.result["subarray_id"] == 3
+    assert len(done.result["offsets"]) == 20
+    assert done.progress is not None and done.progress["message"] == "done: 20 steps"
+
+
 # -- progress, result, procedure_id --------------------------------------------------------------
 
 
@@ -562,3 +584,39 @@ def test_progress_result_and_the_cli(device, gate):
         assert late.returncode != 0 and "COMPLETE, not PAUSED" in late.stderr
     finally:
         events.close()
+
+
+# -- through the REST face ---------------------------------------------------------------------
+
+
+def test_pause_and_resume_over_rest(make_service, gate):
+    import httpx
+
+    from ska_oso_oet.procedure.ui import server
+
+    ses = make_service(script_roots=[str(SCRIPTS)])
+    srv = server.RestServer(ses, "127.0.0.1", 0)
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+            pid = prepared(ses, port=gate.port)
+            path = f"/procedures/{pid}"
+            refused = http.put(path, json={"state": "PAUSED"})
+            assert refused.status_code == 409
+            assert "READY, not RUNNING" in refused.json()["detail"]
+            started(ses, pid, port=gate.port, n=1)
+            asked = http.put(path, json={"state": "PAUSED"})
+            assert asked.status_code == 200, asked.text
+            assert asked.json()["pause_pending"] is True
+            gate.step(b"p")
+            ses.wait_for_state(pid, S.PAUSED, TIMEOUT)
+            assert http.get(path).json()["state"] == "PAUSED"
+            resumed = http.put(path, json={"state": "RUNNING"})  # resumes, starts nothing
+            assert resumed.status_code == 200, resumed.text
+            done = final(ses, pid)
+            assert states(done)[len(LOADED) :] == ["RUNNING", "PAUSED", "RUNNING", "READY",
+                                                   "COMPLETE"]  # fmt: skip
+            got = http.get(path).json()
+            assert got["result"]["steps"] == 1 and got["progress"]["fraction"] == 1.0
+    finally:
+        srv.stop()

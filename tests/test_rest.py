@@ -184,6 +184,7 @@ def device_properties(tmp_path: Any, port: int, **more: Any) -> dict[str, Any]:
         "StopGracePeriod": 1.0,
         "RestPort": port,
         "RestHost": "127.0.0.1",
+        "MaxArgumentSize": 2 * rest.MAX_BODY,  # the body limit is what these tests try
         **more,
     }
 
@@ -495,7 +496,8 @@ def test_rest_is_off_by_default(tmp_path: Any, caplog: Any, monkeypatch: Any) ->
 
 @pytest.fixture
 def served(make_service: Any) -> Iterator[tuple[Any, server.RestServer]]:
-    ses = make_service(script_roots=[str(SCRIPTS)], max_running=4)
+    # large arguments allowed: test_a_slow_client_never_slows_the_service sends 400 kB ones
+    ses = make_service(script_roots=[str(SCRIPTS)], max_running=4, max_argument_size=10**6)
     srv = server.RestServer(ses, "127.0.0.1", 0, stream_queue=8, name="test/oet/1")
     srv.start()
     try:

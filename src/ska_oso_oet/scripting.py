@@ -43,6 +43,8 @@ __all__ = ["PROGRESS_INTERVAL", "checkpoint", "report_progress"]
 PROGRESS_INTERVAL = 0.1
 #: Longest progress message kept, in characters (a longer one is cut).
 MAX_MESSAGE = 1000
+#: Seconds between two looks at the stop flag by a paused checkpoint that missed the wake-up.
+STOP_POLL = 0.5
 
 
 def checkpoint(name: str | None = None) -> None:
@@ -65,19 +67,27 @@ def report_progress(fraction: float | None = None, message: str = "") -> None:
         when only a message is given
     :param message: a few words on what the script is doing (cut at 1000 characters)
     """
-    if fraction is not None:
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise TypeError(f"fraction must be a number from 0 to 1 or None, not {fraction!r}")
-        if not math.isfinite(fraction):
-            raise ValueError(f"fraction must be a number from 0 to 1, not {fraction!r}")
-        fraction = min(1.0, max(0.0, float(fraction)))
-    if not isinstance(message, str):
-        message = str(message)
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 1] + "…"
+    # the common case (a float in range, a short str) costs two type checks
+    if fraction is not None and not (type(fraction) is float and 0.0 <= fraction <= 1.0):
+        fraction = _fraction(fraction)
+    if type(message) is not str or len(message) > MAX_MESSAGE:
+        message = _message(message)
     agent = _agent
     if agent is not None:
         agent.progress(fraction, message)
+
+
+def _fraction(fraction: object) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(f"fraction must be a number from 0 to 1 or None, not {fraction!r}")
+    if not math.isfinite(fraction):
+        raise ValueError(f"fraction must be a number from 0 to 1, not {fraction!r}")
+    return min(1.0, max(0.0, float(fraction)))
+
+
+def _message(message: object) -> str:
+    text = message if isinstance(message, str) else str(message)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
 # -- the worker's side -------------------------------------------------------------------------
@@ -112,8 +122,10 @@ class Agent:
         self.pause_requested = False  # read without the lock by checkpoint(): the fast path
         self._paused = False
         self._stopping = False
-        # progress: the latest value, and whether it waits to be sent
+        # progress: the latest value (one assignment, atomic: no lock on the fast path), the
+        # last one sent, and whether the flusher has a value to send
         self._latest: tuple[float | None, str, float] | None = None
+        self._sent: tuple[float | None, str, float] | None = None
         self._dirty = False
         self._progress = threading.Condition(threading.Lock())
         self._sending = threading.Lock()  # held while a value is taken and sent
@@ -158,11 +170,16 @@ class Agent:
 
     def interrupt(self) -> None:
         """A stop: every paused checkpoint raises the stop exception (the main thread's is
-        raised by the signal handler itself). Safe to call from a signal handler."""
-        with self._cond:
-            self._stopping = True
-            self.pause_requested = False
-            self._cond.notify_all()
+        raised by the signal handler itself). Called from the SIGTERM handler: it never waits
+        long for the lock (a thread holding it may wait for the main thread), and the waiting
+        threads look at the flag now and then anyway."""
+        self._stopping = True
+        self.pause_requested = False
+        if self._cond.acquire(timeout=0.1):
+            try:
+                self._cond.notify_all()
+            finally:
+                self._cond.release()
 
     # -- from the script's threads --
 
@@ -174,16 +191,17 @@ class Agent:
                 self._paused = True
                 self._send_state("PAUSED", name)
             while self._paused and not self._stopping:
-                self._cond.wait()
+                self._cond.wait(STOP_POLL)
             if self._stopping:
                 raise self._stop_exception("stopped while paused")
 
     def progress(self, fraction: float | None, message: str) -> None:
-        now = time.time()
+        self._latest = (fraction, message, time.time())
+        if not self._dirty:  # else the flusher sends the latest value when its time comes
+            self._wake()
+
+    def _wake(self) -> None:
         with self._progress:
-            self._latest = (fraction, message, now)
-            if self._dirty:
-                return  # the flusher sends the latest value when its interval is up
             self._dirty = True
             if self._flusher is None:
                 self._flusher = threading.Thread(
@@ -199,9 +217,12 @@ class Agent:
         if not self._sending.acquire(blocking):
             return
         try:
-            with self._progress:
-                latest, self._latest, self._dirty = self._latest, None, False
-            if latest is not None:
+            # dirty is cleared before the value is read: a value set after the read finds
+            # it clear and wakes the flusher again, so that no value is ever left unsent
+            self._dirty = False
+            latest = self._latest
+            if latest is not None and latest is not self._sent:
+                self._sent = latest
                 self._send_progress(*latest)
         finally:
             self._sending.release()

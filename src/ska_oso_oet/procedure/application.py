@@ -21,13 +21,14 @@ from typing import Any
 
 from pubsub import pub
 
-from ska_oso_oet.procedure import messages, settings
+from ska_oso_oet.procedure import messages, settings, strictjson
 from ska_oso_oet.procedure.callables import check_call
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.errors import (
     InvalidArgumentsError,
     ProcedureError,
     ProcedureStateError,
+    RequestLimitError,
     ScriptRejectedError,
     UnknownProcedureError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ProcedureHistory",
     "ProcedureStateError",
     "ProcedureSummary",
+    "RequestLimitError",
     "ScriptContext",
     "ScriptExecutionService",
     "ScriptRejectedError",
@@ -179,6 +181,9 @@ class ScriptExecutionService:
         install_timeout: float = settings.default("install_timeout"),
         installer: str = settings.INSTALLER,
         max_environments: int = settings.default("max_environments"),
+        max_request_size: int = settings.default("max_request_size"),
+        max_argument_size: int = settings.default("max_argument_size"),
+        max_summarise_ids: int = settings.default("max_summarise_ids"),
         first_id: int = 1,
     ) -> None:
         """Create a new ScriptExecutionService. The settings, their defaults and their
@@ -207,6 +212,11 @@ class ScriptExecutionService:
         :param installer: "uv", "pip" or "auto" (uv when it is installed)
         :param max_environments: environments kept on disk; the least recently used beyond
             this are deleted when not in use
+        :param max_request_size: bytes a request may have (the service holds it for its
+            faces: the Tango device and the REST API refuse larger requests)
+        :param max_argument_size: bytes of JSON the arguments of one call (init or a started
+            function) may have; larger ones are refused (:class:`RequestLimitError`)
+        :param max_summarise_ids: distinct IDs one :meth:`summarise` may ask for
         :param first_id: the ID of the first procedure (a service that replaces another
             continues its numbering, so that clients never see an ID twice)
         """
@@ -216,6 +226,13 @@ class ScriptExecutionService:
             raise ValueError(
                 "stop_grace and history_limit must be >= 0, max_running >= 1, spare_workers >= 0"
             )
+        if min(max_request_size, max_argument_size, max_summarise_ids) < 1:
+            raise ValueError(
+                "max_request_size, max_argument_size and max_summarise_ids must be >= 1"
+            )
+        self.max_request_size = max_request_size
+        self.max_argument_size = max_argument_size
+        self.max_summarise_ids = max_summarise_ids
         self.abort_script = abort_script
         self.history_limit = history_limit
         self.max_running = max_running
@@ -301,6 +318,7 @@ class ScriptExecutionService:
         """
         if not isinstance(cmd.init_args, ProcedureInput):
             raise ProcedureError("init_args must be a ProcedureInput")
+        self._check_size("init", cmd.init_args)
         local_path = self._check_script(cmd.script)
         return self._prepare(cmd, local_path)
 
@@ -338,6 +356,7 @@ class ScriptExecutionService:
         pid, fn_name = cmd.process_uid, cmd.fn_name
         if not isinstance(cmd.run_args, ProcedureInput):
             raise ProcedureError("run_args must be a ProcedureInput")
+        self._check_size(str(fn_name)[:80], cmd.run_args)
         if not isinstance(fn_name, str) or not fn_name.isidentifier() or fn_name[0] == "_":
             raise ProcedureError(f"{fn_name!r} is not the name of a public script function")
         with self._lock:
@@ -473,7 +492,18 @@ class ScriptExecutionService:
         return summary
 
     def summarise(self, pids: list[int] | None = None) -> list[ProcedureSummary]:
-        """ProcedureSummary objects for the requested procedure IDs, or for all of them."""
+        """ProcedureSummary objects for the requested procedure IDs, or for all of them.
+
+        An ID asked for twice is answered once; more than ``max_summarise_ids`` distinct IDs
+        are refused (:class:`RequestLimitError`)."""
+        if pids is not None:
+            pids = list(dict.fromkeys(pids))
+            if len(pids) > self.max_summarise_ids:
+                raise RequestLimitError(
+                    f"{len(pids)} distinct procedure IDs asked for, more than the limit of "
+                    f"{self.max_summarise_ids} (device property MaxSummariseIds); ask for "
+                    "fewer, or for every procedure with an empty list"
+                )
         with self._lock:
             if pids is None:
                 return [self._summary(p) for p in self._records]
@@ -693,6 +723,17 @@ class ScriptExecutionService:
             old = self._ended.popleft()
             self._records.pop(old, None)
             self._manager.forget(old)
+
+    def _check_size(self, fn_name: str, args: ProcedureInput) -> None:
+        """Refuse arguments whose JSON is over ``max_argument_size``: every summary of the
+        procedure carries them, in every event, for as long as it is kept."""
+        size = strictjson.size([list(args.args), args.kwargs])
+        if size > self.max_argument_size:
+            raise RequestLimitError(
+                f"The arguments of {fn_name} are {size} bytes of JSON, more than the limit of "
+                f"{self.max_argument_size} (device property MaxArgumentSize); pass large data "
+                "another way, e.g. the path or URL of a file the script reads"
+            )
 
     def _check_script(self, script: ExecutableScript) -> str | None:
         """Refuse scripts that may not or cannot be loaded; return the file to load."""

@@ -21,3 +21,8 @@ class InvalidArgumentsError(ProcedureError, ValueError):
 
 class ScriptRejectedError(ProcedureError, ValueError):
     """The script named in a request may not, or cannot, be loaded."""
+
+
+class RequestLimitError(InvalidArgumentsError):
+    """A request is over one of the service's limits; the message names the limit and its
+    setting (keyword and device property)."""

@@ -12,7 +12,7 @@ from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.errors import ProcedureStateError, UnknownProcedureError
 from ska_oso_oet.procedure.gitmanager import GitSettings
 from ska_oso_oet.procedure.scripts import ExecutableScript, ProcedureInput
-from ska_oso_oet.procedure.states import ProcedureState
+from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
 
 #: Topics on which a ProcessManager sends its requests to the supervisor (``main_loop``).
 CREATE_TOPIC = "procedure.management.create"
@@ -132,9 +132,9 @@ class ProcessManager:
             return self.states.get(pid)
 
     def has_running(self) -> bool:
-        """True if any procedure is RUNNING."""
+        """True if any procedure is RUNNING (or PAUSED: its function has not ended)."""
         with self._lock:
-            return any(s is ProcedureState.RUNNING for s in self.states.values())
+            return any(s in ACTIVE_STATES for s in self.states.values())
 
     def forget(self, pid: int) -> None:
         """Drop an ended procedure's state (the owner bounds its history)."""

@@ -21,6 +21,7 @@ import pickle
 import struct
 from typing import Any
 
+from ska_oso_oet.procedure import strictjson
 from ska_oso_oet.procedure.callables import valid_spec
 
 #: Frame header: the body's length.
@@ -196,7 +197,7 @@ def _callables(value: Any) -> dict[str, Any]:
 def decode_from_worker(body: bytes) -> FromWorker:
     """The record in ``body``; :class:`ProtocolError` unless it is exactly a valid one."""
     try:
-        doc = json.loads(body)
+        doc = strictjson.loads_finite(body)  # NaN and Infinity from a script: null
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):

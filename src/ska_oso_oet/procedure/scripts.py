@@ -6,9 +6,14 @@ Imported by every worker process, so it stays light: standard library only.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import linecache
 import os
 import re
+import stat
 import sys
 import types
 from typing import Any
@@ -66,6 +71,10 @@ class ExecutableScript:
             raise ValueError(f"Script URI {self.script_uri!r} names no file")
         if "\x00" in self.script_uri:
             raise ValueError("Script URI contains a NUL character")
+        try:
+            self.script_uri.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("Script URI is not text (it holds a lone surrogate)") from None
 
     @property
     def path(self) -> str:
@@ -125,37 +134,120 @@ class ModuleFactory:
         """Load Python code from storage, returning an executable Python module.
 
         :param script: Script object describing the script to load
-        :param path: where the script's file is, when it is not the URI's own path (a git
-            script's checkout)
+        :param path: the file to load, symlinks resolved, as the server checked it (a file
+            script's real path, a git script's file in its checkout); None: the URI's own
+            path, resolved now
         :return: Python module
         """
         if path is None:
             if not isinstance(script, FileSystemScript):
                 raise ValueError(f"No local file given for {script.script_uri}")
-            path = script.path
+            path = os.path.realpath(script.path)
         return load_module_from_file(path)
 
 
+class ScriptChangedError(PermissionError):
+    """The script file is no longer the one that was checked (a symlink or another kind of
+    file took its place, or the place of a directory on its path)."""
+
+
+#: Flags of every open on the way to a script: never follow a symlink, never block (a FIFO
+#: put in a script's place must not hang the worker), never leak to a child.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = _OPEN_FLAGS | getattr(os, "O_DIRECTORY", 0)
+
+
+def read_checked_file(path: str) -> bytes:
+    """The bytes of the regular file at ``path``, an absolute path with symlinks resolved (as
+    the server checked it against ScriptRoots).
+
+    The file is opened once, one path component at a time, each relative to the directory
+    opened before it and none through a symlink, so the file read is the one at ``path`` at
+    the moment it is opened: a file or directory swapped for a symlink after the check is
+    refused (:class:`ScriptChangedError`), never followed.
+    """
+    if not os.path.isabs(path):
+        raise ValueError(f"Not an absolute path: {path}")
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"Not a resolved path: {path}")
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nxt = os.open(part, _OPEN_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"Script file not found: {path}") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    where = "/" + "/".join(parts[: i + 1])
+                    raise ScriptChangedError(
+                        f"Script {path} changed after it was checked: {where} is no longer "
+                        "a plain file or directory (a symlink?); the script was not run"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = nxt
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ScriptChangedError(
+                f"Script {path} changed after it was checked: it is not a regular file now; "
+                "the script was not run"
+            )
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class _SourceLoader(importlib.abc.Loader):
+    """Executes a script from the bytes read once from its file (:func:`read_checked_file`),
+    so that what runs is exactly what was read; tracebacks and ``inspect`` show those bytes
+    too, whatever the file holds later."""
+
+    def __init__(self, path: str, source: bytes) -> None:
+        self.path = path
+        self.source = source
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None  # the default module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        code = compile(self.source, self.path, "exec", dont_inherit=True)
+        exec(code, module.__dict__)  # running the script is the point
+
+    def get_source(self, fullname: str) -> str:
+        return importlib.util.decode_source(self.source)
+
+
 def load_module_from_file(path: str) -> types.ModuleType:
-    """Import the Python file at ``path`` as a fresh module.
+    """Import the Python file at ``path`` (absolute, symlinks resolved) as a fresh module,
+    from the bytes of one checked open (:func:`read_checked_file`).
 
     The file's directory goes first on ``sys.path`` so that a script can import modules that
     sit beside it, as it could when run with ``python script.py``.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Script file not found: {path}")
+    source = read_checked_file(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     name = "oet_script_" + _NOT_IDENTIFIER.sub("_", stem)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
+    loader = _SourceLoader(path, source)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:
         raise ImportError(f"Cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
+    # tracebacks and inspect read these lines, not the file as it may be by then
+    lines = loader.get_source(name).splitlines(keepends=True)
+    linecache.cache[path] = (len(source), None, lines, path)
     script_dir = os.path.dirname(path)
     if script_dir not in sys.path:
         sys.path.insert(0, script_dir)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
         raise

@@ -109,6 +109,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Script environments kept on disk; the least recently used beyond this are deleted "
         "when not in use",
     ),
+    Setting(
+        "max_request_size",
+        "MaxRequestSize",
+        int,
+        1024 * 1024,
+        "Largest request a command (or a REST body) may be; a larger one is refused",
+        "bytes",
+    ),
+    Setting(
+        "max_argument_size",
+        "MaxArgumentSize",
+        int,
+        64 * 1024,
+        "Largest JSON of the arguments of one call (init or a started function), which every "
+        "summary of the procedure carries; larger arguments are refused",
+        "bytes",
+    ),
+    Setting(
+        "max_summarise_ids",
+        "MaxSummariseIds",
+        int,
+        1000,
+        "Most distinct procedure IDs one Summarise may ask for (duplicates are answered once)",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -147,6 +171,7 @@ def markdown_table() -> str:
         elif s.default == "":
             shown = '`""`'
         else:
-            shown = f"`{s.default:g}` {s.unit}".strip() if s.unit else f"`{s.default}`"
+            value = f"{s.default:g}" if isinstance(s.default, float) else str(s.default)
+            shown = f"`{value}` {s.unit}".strip()
         rows.append(f"| `{s.tango_name}` | {shown} | {s.doc} |")
     return "\n".join(rows)

@@ -51,6 +51,11 @@ def translate_errors(fn: F) -> F:
     def wrapper(self: Any, *args: Any) -> Any:
         origin = f"ObservationExecutionTool.{fn.__name__}"
         try:
+            if args and isinstance(args[0], str) and len(args[0]) > self.MaxRequestSize:
+                raise ui.RequestError(
+                    f"The request is {len(args[0])} bytes, more than the limit of "
+                    f"{self.MaxRequestSize} (device property MaxRequestSize)"
+                )
             return fn(self, *args)
         except tango.DevFailed:
             raise
@@ -109,6 +114,9 @@ class ObservationExecutionTool(SKADevice):
     GitTimeout = _property("git_timeout")
     MaxEnvironments = _property("max_environments")
     EnvironmentTimeout = _property("install_timeout")
+    MaxRequestSize = _property("max_request_size")
+    MaxArgumentSize = _property("max_argument_size")
+    MaxSummariseIds = _property("max_summarise_ids")
     # The REST API served beside the device (procedure.ui.server); not settings of the service.
     RestPort = device_property(
         dtype=int,

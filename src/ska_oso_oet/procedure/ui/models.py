@@ -84,10 +84,12 @@ class ProcedurePostRequest(_Strict):
 class ProcedurePutRequest(_Strict):
     """Change a procedure, as the reference OET's REST API does: ``state`` RUNNING starts its
     ``main`` with ``script_args.main``; STOPPED stops it (``abort``: then run the abort
-    script); no ``state`` changes nothing. ``force_start`` (an extension) starts a procedure
-    that is still being prepared as soon as it is READY."""
+    script); no ``state`` changes nothing. PAUSED pauses it at its script's next
+    ``checkpoint()``; RUNNING resumes a PAUSED one (or cancels a pending pause).
+    ``force_start`` (an extension) starts a procedure that is still being prepared as soon as
+    it is READY."""
 
-    state: Literal["RUNNING", "STOPPED"] | None = None
+    state: Literal["RUNNING", "PAUSED", "STOPPED"] | None = None
     script_args: MainArgs = Field(default_factory=MainArgs)
     abort: bool = False
     force_start: bool = False

@@ -504,10 +504,12 @@ def create_app(
 
     @app.put(
         procedures + "/{procedure_id}",
-        summary="Start or stop a procedure",
+        summary="Start, pause, resume or stop a procedure",
         description="state RUNNING: start the procedure's main with script_args.main (it must "
         "be READY, unless force_start). state STOPPED: stop it; with abort, the abort script "
-        "runs once it has stopped. No state: nothing changes.",
+        "runs once it has stopped. state PAUSED: pause it at its script's next checkpoint(); "
+        "RUNNING on a PAUSED procedure (or one with a pause pending) resumes it. No state: "
+        "nothing changes.",
         responses={
             200: {"model": SummaryModel | StopResultModel},
             **_errors(404, 409, 413, 422),
@@ -519,6 +521,12 @@ def create_app(
             (summary,) = service.summarise([procedure_id])  # 404 before any other refusal
             if body.state is None:
                 return _json(summary)
+            if body.state == "PAUSED":
+                return _json(service.pause(procedure_id))
+            if body.state == "RUNNING" and (
+                summary.state is ProcedureState.PAUSED or summary.pause_pending
+            ):
+                return _json(service.resume(procedure_id))
             if body.state == "RUNNING":
                 check_accepting()
                 command = StartProcessCommand(

@@ -23,7 +23,6 @@ from ska_oso_oet.procedure.application import ScriptExecutionService
 from ska_oso_oet.procedure.ui.rest import (
     DEFAULT_PREFIX,
     KEEPALIVE,
-    MAX_BODY,
     MAX_STREAMS,
     STREAM_QUEUE,
     BodyLimit,
@@ -83,7 +82,7 @@ class RestServer:
         prefix: str = DEFAULT_PREFIX,
         refusal: Refusal | None = None,
         name: str = "",
-        max_body: int = MAX_BODY,
+        max_body: int | None = None,
         stream_queue: int = STREAM_QUEUE,
         max_streams: int = MAX_STREAMS,
         keepalive: float = KEEPALIVE,
@@ -103,7 +102,7 @@ class RestServer:
         self.port = port
         self.name = name
         config = uvicorn.Config(
-            BodyLimit(self.app, max_body),
+            BodyLimit(self.app, max_body or service.max_request_size),
             log_config=None,  # the server's logging, as set up by the device server
             access_log=False,
             log_level="warning",  # its start and stop lines name a "process": it is a thread

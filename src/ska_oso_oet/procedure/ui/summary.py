@@ -3,9 +3,9 @@ the ``procedureSummaries`` attribute and the REST API all give them."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ska_oso_oet.procedure import strictjson
 from ska_oso_oet.procedure.application import ProcedureSummary
 from ska_oso_oet.procedure.scripts import ExecutableScript, GitScript
 
@@ -48,9 +48,10 @@ def summary_to_dict(summary: ProcedureSummary) -> dict[str, Any]:
 
 
 def to_json(value: Any) -> str:
-    """JSON text of summaries (or lists or dicts holding them); values a script passed that
-    JSON cannot hold become repr()."""
-    return json.dumps(value, default=_encode)
+    """Standard JSON text of summaries (or lists or dicts holding them); values a script
+    passed that JSON cannot hold become repr(), non-finite numbers null
+    (:func:`..strictjson.dumps`)."""
+    return strictjson.dumps(value, default=_encode)
 
 
 def _encode(value: Any) -> Any:

@@ -1,16 +1,18 @@
 """The JSON arguments of the Tango device's commands, parsed into the service's commands.
 
 Every parser raises :class:`~ska_oso_oet.procedure.ui.models.RequestError` with a message a
-person can act on; the device turns it into ``DevFailed`` (``OET_InvalidRequest``).
+person can act on; the device turns it into ``DevFailed`` (``OET_InvalidRequest``). The text is
+parsed once, strictly (:func:`..strictjson.loads`: any parse failure, whatever its cause, is a
+``RequestError``), then validated by the models.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
+from ska_oso_oet.procedure import strictjson
 from ska_oso_oet.procedure.application import (
     PrepareProcessCommand,
     StartProcessCommand,
@@ -61,13 +63,13 @@ STOP_EXAMPLE = '{"id": 1, "run_abort": false}'
 
 def _parse(model: type[M], text: str, example: str) -> M:
     try:
-        json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
+        data = strictjson.loads(text)
+    except strictjson.JSONInputError as exc:
         raise RequestError(
-            f"The request is not valid JSON ({exc}); expected e.g. {example}"
+            f"The request is not valid JSON: {exc}; expected e.g. {example}"
         ) from None
     try:
-        return model.model_validate_json(text)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise RequestError(f"Invalid request: {describe(exc)}; expected e.g. {example}") from None
 
@@ -89,8 +91,8 @@ def parse_ids(text: str) -> list[int] | None:
     if text is None or not text.strip():
         return None
     try:
-        data: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data: Any = strictjson.loads(text)
+    except strictjson.JSONInputError as exc:
         raise RequestError(f"Expected a JSON list of procedure IDs, e.g. [1, 2] ({exc})") from None
     if data == "":
         return None  # the JSON text "" means every procedure, as an empty argument does
