@@ -93,6 +93,15 @@ def recorder() -> Iterator[Any]:
         r.close()
 
 
+@pytest.fixture(autouse=True)
+def _data_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Devices of the tests keep what lasts (history, output) in a folder of their own test,
+    not the user's, so that no test sees another's procedures."""
+    monkeypatch.setenv("OET_DATA_DIR", str(tmp_path_factory.mktemp("oet-data")))
+
+
 @pytest.fixture
 def no_leftover_processes() -> Iterator[None]:
     """Fail the test if it leaves a child process of the test runner behind."""

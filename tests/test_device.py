@@ -248,7 +248,7 @@ def test_a_bad_configuration_puts_the_device_in_fault():
             proxy.Summarise("")
 
 
-def test_init_ends_every_worker_and_starts_afresh(tmp_path):
+def test_init_ends_every_worker_and_keeps_the_history(tmp_path):
     import psutil
 
     pid_file = tmp_path / "pid"
@@ -281,12 +281,14 @@ def test_init_ends_every_worker_and_starts_afresh(tmp_path):
         assert device.get_timeout_millis() == 3000
         device.Init()  # returns within the client's 3 s although StopGracePeriod is 3 s
         assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
-        assert json.loads(device.Summarise("")) == []
+        # the procedures Init stopped are history now, kept as they ended
+        kept = json.loads(device.Summarise(""))
+        assert [(s["id"], s["state"]) for s in kept] == [(pid, "STOPPED"), (stubborn, "STOPPED")]
         assert device.state() == tango.DevState.ON
-        # subscribers were told how the procedures ended, then that the list starts afresh
+        # subscribers were told how the procedures ended, then the list as it now is
         assert events.wait_for(pid, FINAL)["state"] == "STOPPED"
         assert events.wait_for(stubborn, FINAL)["state"] == "STOPPED"
-        events.wait_until(lambda received: received[-1] == [])
+        events.wait_until(lambda received: [s["state"] for s in received[-1]] == ["STOPPED"] * 2)
         # and IDs go on increasing, so that no client sees one ID twice
         assert prepare(device, "hello.py")["id"] == stubborn + 1
 

@@ -142,6 +142,7 @@ def oet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp(f"oet-e2e-{request.param}")
     with tango_database(request.param, tmp) as tango_host:
         env = client_env(tango_host)
+        env["OET_DATA_DIR"] = str(tmp / "data")  # the server's history and output
         calls = run.register(run.load_config(repo=REPO), tango_host)
         assert calls, "registering into a fresh database should write something"
         host, port = run.parse_tango_host(tango_host)
@@ -370,7 +371,9 @@ def test_cli_stop_with_abort_runs_the_abort_script(
     assert abort["script"]["script_uri"] == uri("abort.py")
     events.wait_for(abort["id"], "COMPLETE")
     assert events.latest(pid)["state"] == "STOPPED"
-    assert "abort: aborting" in oet.server_log.read_text(errors="replace")
+    # what the abort script printed is its procedure's output
+    kept = json.loads(oet.proxy().GetOutput(json.dumps({"id": abort["id"], "since": 0})))
+    assert any("abort: aborting" in line["text"] for line in kept["lines"]), kept
 
 
 # -- (c) bad requests: one line on stderr, non-zero exit, the device carries on ----------------
@@ -428,6 +431,48 @@ def test_memorized_attributes_survive_a_restart(oet: Oet) -> None:
         device.waitForQaReady = False
         device.adminMode = AdminMode.ONLINE
     assert device.waitForQaReady is False
+
+
+# -- (d2) history that lasts: the server killed with SIGKILL, then started again ----------------
+
+
+def test_history_survives_kill_9_of_the_server(oet: Oet) -> None:
+    events = Subscriber(oet.trl)
+    device = oet.proxy()
+    try:
+        ended = json.loads(device.Prepare(uri("hello.py")))["id"]
+        events.wait_for(ended, "READY")
+        device.StartProcedure(ended)
+        events.wait_for(ended, "COMPLETE")
+        prepared = json.loads(device.Prepare(uri("hello.py")))["id"]
+        events.wait_for(prepared, "READY")
+        running = json.loads(device.Prepare(uri("long_running.py")))["id"]
+        events.wait_for(running, "READY")
+        device.StartProcedure(running)
+        events.wait_for(running, "RUNNING")
+    finally:
+        events.close()
+    assert oet.server is not None
+    old = psutil.Process(oet.server.pid)
+    family = [old, *old.children(recursive=True)]  # its fork server and script workers
+    assert len(family) >= 3, [p.cmdline() for p in family]
+    oet.server.kill()  # SIGKILL: no clean-up of its own at all
+    oet.server.wait(TIMEOUT)
+    _, alive = psutil.wait_procs(family, timeout=TIMEOUT)
+    assert alive == [], [p.cmdline() for p in alive]  # nothing of the old server is left
+
+    oet.start_server()
+    device = oet.proxy()
+    kept = {s["id"]: s for s in json.loads(device.Summarise(""))}
+    assert kept[ended]["state"] == "COMPLETE"
+    assert [st for st, _ in kept[ended]["history"]["process_states"]][-1] == "COMPLETE"
+    for pid, was in ((prepared, "READY"), (running, "RUNNING")):
+        assert kept[pid]["state"] == "FAILED"
+        assert f"stopped while this procedure was {was}" in kept[pid]["history"]["stacktrace"]
+    assert device.lastFailure.startswith(f"{running} long_running.py: ServerStopped:")
+    again = json.loads(device.Prepare(uri("hello.py")))["id"]
+    assert again > max(kept)  # an ID never names two procedures
+    device.StopProcedure(again)
 
 
 # -- (e) the typed attributes, by events, through a lifecycle, a failure and an Abort ----------
