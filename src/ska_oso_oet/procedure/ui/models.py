@@ -3,15 +3,18 @@
 ``ProcedurePostRequest`` is the body of both the Tango ``Prepare`` command and
 ``POST /procedures``; ``ProcedurePutRequest`` is the body of ``PUT /procedures/{id}``. The
 models are strict (an ID must be an integer, not ``"1"`` or ``true``) and refuse unknown
-fields, so that a misspelt field is an error rather than silently ignored.
+fields, so that a misspelt field is an error rather than silently ignored. The arguments of
+a script function are standard JSON (:mod:`..strictjson`): no ``NaN`` or ``Infinity``, nested at
+most ``strictjson.MAX_DEPTH`` deep, whichever way the request came.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ska_oso_oet.procedure import strictjson
 from ska_oso_oet.procedure.application import PrepareProcessCommand
 from ska_oso_oet.procedure.gitmanager import DEFAULT_GIT_REPOSITORY, GitArgs
 from ska_oso_oet.procedure.scripts import (
@@ -35,6 +38,12 @@ class FunctionArgs(_Strict):
 
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _standard_json(cls, value: Any) -> Any:
+        strictjson.check(value)  # a JSONInputError is a ValueError: pydantic reports it
+        return value
 
     def to_input(self) -> ProcedureInput:
         return ProcedureInput(*self.args, **self.kwargs)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import re
 import threading
@@ -44,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
 import ska_oso_oet
+from ska_oso_oet.procedure import settings
 from ska_oso_oet.procedure.application import (
     ProcedureSummary,
     ScriptExecutionService,
@@ -52,6 +52,7 @@ from ska_oso_oet.procedure.application import (
 )
 from ska_oso_oet.procedure.errors import (
     ProcedureError,
+    RequestLimitError,
     ScriptRejectedError,
     UnknownProcedureError,
 )
@@ -71,8 +72,8 @@ from ska_oso_oet.procedure.ui.tango import PREPARE_EXAMPLE
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/oet/api/v7"
-#: Largest request body accepted, in bytes.
-MAX_BODY = 1024 * 1024
+#: Largest request body accepted by default, in bytes (a device's: its MaxRequestSize).
+MAX_BODY = settings.default("max_request_size")
 #: Changes kept for one stream client that reads too slowly; older ones are dropped.
 STREAM_QUEUE = 1000
 #: Stream clients served at once; one more is answered 503.
@@ -121,6 +122,8 @@ def _refusals() -> Iterator[None]:
         raise HTTPException(404, str(exc)) from None
     except ScriptRejectedError as exc:
         raise HTTPException(403, str(exc)) from None
+    except RequestLimitError as exc:  # arguments over MaxArgumentSize
+        raise HTTPException(413, str(exc)) from None
     except ProcedureError as exc:  # not READY, another running, ended, no abort script...
         raise HTTPException(409, str(exc)) from None
     except HTTPException:
@@ -183,7 +186,9 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
     def _detail(self) -> str:
-        return f"The request body is larger than {self.limit} bytes"
+        return (
+            f"The request body is larger than {self.limit} bytes (device property MaxRequestSize)"
+        )
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse({"detail": self._detail()}, status_code=413)
@@ -305,7 +310,7 @@ class StreamHub:
 
 
 def _event(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, default=repr).encode() + b"\n\n"
+    return b"data: " + to_json(data).encode() + b"\n\n"
 
 
 def _events(summary: ProcedureSummary) -> bytes:
