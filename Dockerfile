@@ -38,10 +38,13 @@ COPY tango-db /app/tango-db
 # HOME holds the caches: git clones and script environments (~/.cache/ska-oso-oet, the
 # device's default cache directory), and uv's and pip's download caches. A volume in
 # production, so that clones and environments survive a restart.
-RUN mkdir -p /var/lib/oet/.cache/ska-oso-oet && chown -R 1000:1000 /var/lib/oet
+# OET_DATA_DIR holds what must last: each device's history (history.sqlite) and the output
+# of its procedures. A volume of its own: back it up; the caches can be rebuilt, it cannot.
+RUN mkdir -p /var/lib/oet/.cache/ska-oso-oet /var/lib/oet/data && chown -R 1000:1000 /var/lib/oet
 ENV HOME=/var/lib/oet \
+    OET_DATA_DIR=/var/lib/oet/data \
     OET_DEVICE=oet/executor/1
-VOLUME ["/var/lib/oet/.cache"]
+VOLUME ["/var/lib/oet/.cache", "/var/lib/oet/data"]
 
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 1000:1000

@@ -137,7 +137,8 @@ def test_dockerfile_is_what_the_docs_say() -> None:
     assert "pip install /tmp/oet-src " in run_lines and "[" not in run_lines.split("pip")[1]
     assert image_env()["HOME"] == "/var/lib/oet"
     assert image_env()["OET_DEVICE"] == "oet/executor/1"
-    assert json.loads(instruction("VOLUME")) == ["/var/lib/oet/.cache"]
+    assert json.loads(instruction("VOLUME")) == ["/var/lib/oet/.cache", "/var/lib/oet/data"]
+    assert image_env()["OET_DATA_DIR"] == "/var/lib/oet/data"
     assert "`oet` (uid 1000, gid 1000)" in docs
 
 
@@ -291,7 +292,13 @@ def test_chart_volumes_match_the_image_and_the_properties() -> None:
     assert abort.startswith(f"file://{vals['scripts']['mountPath']}/")
     # the device's default cache (~/.cache/ska-oso-oet) lies in the cache volume
     assert vals["cache"]["mountPath"] == f"{image_env()['HOME']}/.cache"
-    assert json.loads(instruction("VOLUME")) == [vals["cache"]["mountPath"]]
+    # the history and output (DataDirectory: $OET_DATA_DIR) lie in the data volume
+    assert vals["data"]["mountPath"] == image_env()["OET_DATA_DIR"]
+    assert vals["data"]["persistent"] is True  # the history outlives the pod
+    assert json.loads(instruction("VOLUME")) == [
+        vals["cache"]["mountPath"],
+        vals["data"]["mountPath"],
+    ]
     user, group = instruction("USER").split(":")
     sec = vals["podSecurityContext"]
     assert (str(sec["runAsUser"]), str(sec["runAsGroup"]), sec["runAsNonRoot"]) == (
@@ -557,7 +564,14 @@ def test_helm_renders_the_chart(tmp_path: pathlib.Path) -> None:
         assert oet["livenessProbe"]["tcpSocket"]["port"] == "tango-server"
         assert oet["resources"] == values()["resources"]
         mounts = {m["name"]: m["mountPath"] for m in oet["volumeMounts"]}
-        assert mounts == {"cache": f"{image_env()['HOME']}/.cache"}
+        assert mounts == {
+            "cache": f"{image_env()['HOME']}/.cache",
+            "data": image_env()["OET_DATA_DIR"],
+        }
+        assert env["OET_DATA_DIR"] == image_env()["OET_DATA_DIR"]
+        claims = {c["metadata"]["name"]: c for c in sset["spec"].get("volumeClaimTemplates", [])}
+        assert sorted(claims) == ["data"]  # the cache is an emptyDir unless asked for
+        assert claims["data"]["spec"]["resources"]["requests"]["storage"] == "1Gi"
         assert pod["securityContext"]["runAsUser"] == 1000
         (init,) = pod["initContainers"]
         assert init["command"][1:4] == ["/etc/oet/wait_for_device.py", "/etc/oet/oet.json", str(n)]

@@ -445,6 +445,8 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
         config = load_config(repo=repo, devices=devices)
         register(config, tango_host)
         env = child_env(tango_host)
+        # what the devices keep (history, output): .oet/data unless $OET_DATA_DIR says
+        env.setdefault("OET_DATA_DIR", str(repo / ".oet" / "data"))
         base = rest_port_base(env)
         instances = device_names(config)
         names: list[str] = []
