@@ -302,7 +302,7 @@ def test_unknown_ids_and_malformed_bodies(oet: Oet) -> None:
         oet.http.post("/procedures", data={"script": "x"}), 422, "Content-Type: application/json"
     )
     pid = ok(oet.http.post("/procedures", json=post_body("hello.py")), 201)["id"]
-    for body in ({"state": "PAUSED"}, {"state": "RUNNING", "script_args": {"init": {}}},
+    for body in ({"state": "ABORTED"}, {"state": "RUNNING", "script_args": {"init": {}}},
                  {"state": "STOPPED", "abort": "yes"}, {"id": pid}):  # fmt: skip
         refused(oet.http.put(f"/procedures/{pid}", json=body), 422, "Invalid request")
     # nothing above reached the service: the only procedure is the one prepared
