@@ -220,3 +220,27 @@ def test_a_script_may_use_a_multiprocessing_pool(ses, recorder):
     final = run_to_end(ses, "pool.py")
     assert final.state is S.COMPLETE, final.history.stacktrace
     assert told.wait(1)[0]["result"] == [x * x for x in range(10)]
+
+
+def test_a_script_is_read_once_through_no_symlink(tmp_path):
+    from ska_oso_oet.procedure.scripts import ScriptChangedError, read_checked_file
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x.py").write_bytes(b"x = 1\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.py").write_bytes(b"x = 2\n")
+    real = str(tmp_path / "dir" / "x.py")
+    assert read_checked_file(real) == b"x = 1\n"
+    os.symlink(tmp_path / "other", tmp_path / "link")
+    os.symlink(tmp_path / "other" / "x.py", tmp_path / "dir" / "y.py")
+    for path in (str(tmp_path / "link" / "x.py"), str(tmp_path / "dir" / "y.py")):
+        with pytest.raises(ScriptChangedError, match="changed after it was checked"):
+            read_checked_file(path)
+    os.mkfifo(tmp_path / "dir" / "fifo.py")
+    with pytest.raises(ScriptChangedError, match="not a regular file"):
+        read_checked_file(str(tmp_path / "dir" / "fifo.py"))  # at once: no reader waits
+    with pytest.raises(FileNotFoundError, match="Script file not found"):
+        read_checked_file(str(tmp_path / "dir" / "missing.py"))
+    for bad in ("dir/x.py", f"{tmp_path}/dir/../dir/x.py"):
+        with pytest.raises(ValueError):
+            read_checked_file(bad)

@@ -180,6 +180,28 @@ def test_the_limits_are_device_properties(tmp_path, root):
         assert err.reason == "OET_UnknownProcedure"
 
 
+def test_procedures_not_yet_ended_are_bounded_and_the_abort_script_still_runs(tmp_path, root):
+    (root / "abort.py").write_text(
+        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
+    )
+    with start_device(
+        tmp_path, root, MaxProcedures=2, AbortScript=f"file://{root}/abort.py"
+    ) as device:
+        events = SummaryEvents(device)
+        sleeper = ready(device, events, "sleeper.py")
+        hello = ready(device, events)
+        err = refusal(device.Prepare, prepare_request("hello.py"))
+        assert err.reason == "OET_Refused" and "MaxProcedures" in err.desc, err.desc
+        device.Start(json.dumps({"id": sleeper}))
+        events.wait_for(sleeper, {"RUNNING"})
+        (abort,) = strict(device.Stop(json.dumps({"id": sleeper, "run_abort": True})))
+        assert events.wait_for(abort["id"], FINAL)["state"] == "COMPLETE"
+        device.Start(json.dumps({"id": hello}))
+        assert events.wait_for(hello, FINAL)["state"] == "COMPLETE"
+        assert_serving(device)  # room again
+        events.close()
+
+
 def test_summarise_answers_a_duplicated_id_once_and_quickly(device):
     events = SummaryEvents(device)
     pid = ready(device, events)

@@ -82,3 +82,16 @@ def test_frames_split_anywhere_are_reassembled_and_oversized_ones_refused():
     ]
     with pytest.raises(m.ProtocolError):
         m.FrameReader(10).feed(m.encode_from_worker(m.Exit("COMPLETE", "x" * 20, [])))
+
+
+def test_non_finite_numbers_from_a_worker_are_read_as_null():
+    frame = m.encode_from_worker(
+        m.PubSub("user.values", {"x": float("nan"), "y": [float("inf"), -float("inf"), 1.5]})
+    )
+    assert b"NaN" in frame  # what Python's json writes; the server never holds it
+    assert m.decode_from_worker(frame[4:]) == m.PubSub(
+        "user.values", {"x": None, "y": [None, None, 1.5]}
+    )
+    body = b'{"kind": "state", "state": "READY", "time": NaN}'
+    with pytest.raises(m.ProtocolError, match="time"):
+        m.decode_from_worker(body)

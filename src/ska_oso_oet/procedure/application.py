@@ -184,6 +184,7 @@ class ScriptExecutionService:
         max_request_size: int = settings.default("max_request_size"),
         max_argument_size: int = settings.default("max_argument_size"),
         max_summarise_ids: int = settings.default("max_summarise_ids"),
+        max_procedures: int = settings.default("max_procedures"),
         first_id: int = 1,
     ) -> None:
         """Create a new ScriptExecutionService. The settings, their defaults and their
@@ -217,6 +218,8 @@ class ScriptExecutionService:
         :param max_argument_size: bytes of JSON the arguments of one call (init or a started
             function) may have; larger ones are refused (:class:`RequestLimitError`)
         :param max_summarise_ids: distinct IDs one :meth:`summarise` may ask for
+        :param max_procedures: procedures not yet ended that may be held at once (each has
+            a process); a prepare beyond is refused (an abort procedure never is)
         :param first_id: the ID of the first procedure (a service that replaces another
             continues its numbering, so that clients never see an ID twice)
         """
@@ -226,10 +229,12 @@ class ScriptExecutionService:
             raise ValueError(
                 "stop_grace and history_limit must be >= 0, max_running >= 1, spare_workers >= 0"
             )
-        if min(max_request_size, max_argument_size, max_summarise_ids) < 1:
+        if min(max_request_size, max_argument_size, max_summarise_ids, max_procedures) < 1:
             raise ValueError(
-                "max_request_size, max_argument_size and max_summarise_ids must be >= 1"
+                "max_request_size, max_argument_size, max_summarise_ids and max_procedures "
+                "must be >= 1"
             )
+        self.max_procedures = max_procedures
         self.max_request_size = max_request_size
         self.max_argument_size = max_argument_size
         self.max_summarise_ids = max_summarise_ids
@@ -320,7 +325,14 @@ class ScriptExecutionService:
             raise ProcedureError("init_args must be a ProcedureInput")
         self._check_size("init", cmd.init_args)
         local_path = self._check_script(cmd.script)
-        return self._prepare(cmd, local_path)
+        with self._lock:
+            live = sum(1 for state in self._states.values() if not state.is_final)
+            if live >= self.max_procedures:
+                raise ProcedureError(
+                    f"{live} procedures have not ended, the most allowed (device property "
+                    "MaxProcedures): stop one, or start and let it end, then prepare again"
+                )
+            return self._prepare(cmd, local_path)
 
     def _prepare(self, cmd: PrepareProcessCommand, local_path: str | None) -> ProcedureSummary:
         with self._lock:

@@ -133,6 +133,14 @@ SETTINGS: tuple[Setting, ...] = (
         1000,
         "Most distinct procedure IDs one Summarise may ask for (duplicates are answered once)",
     ),
+    Setting(
+        "max_procedures",
+        "MaxProcedures",
+        int,
+        32,
+        "Most procedures not yet ended at once (each has a process of its own); a Prepare "
+        "beyond is refused (the abort script always runs)",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -117,6 +117,7 @@ class ObservationExecutionTool(SKADevice):
     MaxRequestSize = _property("max_request_size")
     MaxArgumentSize = _property("max_argument_size")
     MaxSummariseIds = _property("max_summarise_ids")
+    MaxProcedures = _property("max_procedures")
     # The REST API served beside the device (procedure.ui.server); not settings of the service.
     RestPort = device_property(
         dtype=int,
