@@ -40,6 +40,8 @@ def test_the_service_keywords_default_to_the_settings():
             assert default is None  # a script object, not a URI
         elif spec.name == "git_cache_dir":
             assert default is None  # then $OET_CACHE_DIR or ~/.cache/ska-oso-oet
+        elif spec.name == "data_dir":
+            assert default is None  # the Python service: a temporary directory of its own
         elif isinstance(spec.default, list):
             assert list(default) == spec.default
         else:

@@ -394,7 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", parents=[common], help="list the procedures")
     p = sub.add_parser("describe", parents=[common], help="one procedure in full")
     p.add_argument("id", type=_positive_id)
-    sub.add_parser("listen", parents=[common], help="print state changes until Ctrl-C")
+    p = sub.add_parser("listen", parents=[common], help="print state changes until Ctrl-C")
+    p.add_argument(
+        "--messages",
+        action="store_true",
+        help="also the messages scripts send (pypubsub) and the lines they write",
+    )
+    p = sub.add_parser(
+        "logs",
+        parents=[common],
+        help="what a procedure's script wrote (stdout, stderr, logging), as kept by the device",
+    )
+    p.add_argument("id", type=_positive_id)
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="then print new lines until it ends"
+    )
     sub.add_parser(
         "scripts",
         parents=[common],
@@ -628,6 +642,11 @@ def run_listen(args: argparse.Namespace, out: TextIO, stop: threading.Event | No
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     proxy = _proxy(args.device)
     event_id = proxy.subscribe_event("procedureSummaries", tango.EventType.CHANGE_EVENT, callback)
+    event_ids = [event_id]
+    if getattr(args, "messages", False):
+        from ska_oso_oet import cli_output
+
+        event_ids += cli_output.subscribe_messages(proxy, write, args.json)
     if not args.json:
         write(f"Listening to {args.device} (Ctrl-C to stop)")
     try:
@@ -636,10 +655,11 @@ def run_listen(args: argparse.Namespace, out: TextIO, stop: threading.Event | No
     except KeyboardInterrupt:
         pass
     finally:
-        try:
-            proxy.unsubscribe_event(event_id)
-        except tango.DevFailed:
-            pass
+        for event_id in event_ids:
+            try:
+                proxy.unsubscribe_event(event_id)
+            except tango.DevFailed:
+                pass
     return 0
 
 
@@ -649,6 +669,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = parse_args(argv)
         if args.command == "listen":
             return run_listen(args, out)
+        if args.command == "logs":
+            from ska_oso_oet import cli_output
+
+            return cli_output.run_logs(
+                _proxy(args.device), args.id, args.follow, out, args.json, threading.Event()
+            )
         return run_command(args, out)
     except UsageError as exc:
         print(error_line(str(exc)), file=sys.stderr, flush=True)

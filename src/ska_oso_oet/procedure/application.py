@@ -21,7 +21,7 @@ from typing import Any
 
 from pubsub import pub
 
-from ska_oso_oet.procedure import messages, settings, strictjson
+from ska_oso_oet.procedure import messages, output, settings, strictjson
 from ska_oso_oet.procedure.callables import check_call
 from ska_oso_oet.procedure.context import ScriptContext
 from ska_oso_oet.procedure.errors import (
@@ -185,6 +185,8 @@ class ScriptExecutionService:
         max_argument_size: int = settings.default("max_argument_size"),
         max_summarise_ids: int = settings.default("max_summarise_ids"),
         max_procedures: int = settings.default("max_procedures"),
+        data_dir: str | None = None,
+        output_limit: int = settings.default("output_limit"),
         first_id: int = 1,
     ) -> None:
         """Create a new ScriptExecutionService. The settings, their defaults and their
@@ -220,6 +222,10 @@ class ScriptExecutionService:
         :param max_summarise_ids: distinct IDs one :meth:`summarise` may ask for
         :param max_procedures: procedures not yet ended that may be held at once (each has
             a process); a prepare beyond is refused (an abort procedure never is)
+        :param data_dir: where the output of procedures is kept (None: a temporary
+            directory, deleted at shutdown)
+        :param output_limit: bytes of output kept per procedure; the oldest lines beyond are
+            dropped and counted
         :param first_id: the ID of the first procedure (a service that replaces another
             continues its numbering, so that clients never see an ID twice)
         """
@@ -266,6 +272,7 @@ class ScriptExecutionService:
         self._dispatch_lock = threading.RLock()
         self._wait_for_qa_ready = False
         self._closed = False
+        self._output = output.open_hub(data_dir, output_limit)
         self._manager = ProcessManager(
             states=self._states, state_lock=self._lock, first_id=first_id
         )
@@ -276,6 +283,7 @@ class ScriptExecutionService:
             spare_workers=spare_workers,
             preload_modules=preload_modules,
             on_update=self._on_update,
+            on_output=self._output,
         )
         self._management = ManagementListener(self._supervisor, self._manager.name)
         pub.subscribe(self.handle_wait_for_qa_ready_enable, WAIT_FOR_QA_READY_ENABLE)
@@ -524,6 +532,21 @@ class ScriptExecutionService:
                 raise UnknownProcedureError(f"No procedure with ID {', '.join(map(str, unknown))}")
             return [self._summary(p) for p in pids]
 
+    def get_output(self, pid: int, since: int = 0) -> dict[str, Any]:
+        """A page of procedure ``pid``'s kept output: ``{"id", "lines", "next",
+        "dropped"}`` with the lines whose ``seq`` >= ``since`` (ask again from ``next``)."""
+        with self._lock:
+            self._record(pid)
+        return self._output.get_output(pid, since)
+
+    def add_output_listener(self, listener: output.OutputListener) -> None:
+        """Call ``listener`` with each output batch and script message (see :mod:`.output`),
+        in order per procedure; it must not block."""
+        self._output.add_listener(listener)
+
+    def remove_output_listener(self, listener: output.OutputListener) -> None:
+        self._output.remove_listener(listener)
+
     def procedure_ids(self) -> list[int]:
         """IDs of every procedure the service holds, oldest first."""
         with self._lock:
@@ -599,6 +622,7 @@ class ScriptExecutionService:
         ):
             pub.unsubscribe(handler, topic)
         self._supervisor.shutdown(grace=grace)
+        self._output.close()
 
     # -- events from the supervisor (its thread) ---------------------------------------------
 
@@ -661,6 +685,8 @@ class ScriptExecutionService:
         self._dispatch()
 
     def _on_pubsub(self, pid: int | None, topic: str, kwargs: dict[str, Any]) -> None:
+        if pid is not None:
+            self._output.message(pid, topic, kwargs)
         pub.sendMessage(topic, **kwargs)
 
     def _start_abort(self, stopped: int, abort_id: int) -> None:
@@ -696,7 +722,7 @@ class ScriptExecutionService:
                     try:
                         listener(summary)
                     except Exception:
-                        LOGGER.exception("A procedure listener failed")
+                        LOGGER.exception("Procedure %s: a procedure listener failed", pid)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -735,6 +761,7 @@ class ScriptExecutionService:
             old = self._ended.popleft()
             self._records.pop(old, None)
             self._manager.forget(old)
+            self._output.forget(old)
 
     def _check_size(self, fn_name: str, args: ProcedureInput) -> None:
         """Refuse arguments whose JSON is over ``max_argument_size``: every summary of the

@@ -126,15 +126,20 @@ class ForkServer:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
-    def spawn(self, name: str) -> tuple[int, socket.socket, StatusPipe]:
+    def spawn(
+        self, name: str, output_fds: tuple[int, int, int] | None = None
+    ) -> tuple[int, socket.socket, StatusPipe]:
         """Fork a worker; return its PID, the server's end of its channel and its status
-        pipe. Raises :class:`LaunchError` if the fork server has gone."""
+        pipe. Raises :class:`LaunchError` if the fork server has gone.
+
+        ``output_fds``: the write ends of the pipes that become the worker's fd 1 and 2, and
+        of the one its logging records go to (see :mod:`.output`); the caller closes them."""
         channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe()
         status = StatusPipe(status_r)
         try:
             request = name.encode()[:_MAX_NAME]
-            fds = array.array("i", [theirs.fileno(), status_w])
+            fds = array.array("i", [theirs.fileno(), status_w, *(output_fds or ())])
             with self._lock:
                 if not self._ready:  # the first request waits for the preloading to finish
                     self._wait_ready()
@@ -290,7 +295,7 @@ def _handle_request(
     fds = array.array("i")
     try:
         data, ancdata, _flags, _addr = sock.recvmsg(
-            2 + _MAX_NAME, socket.CMSG_LEN(2 * fds.itemsize)
+            2 + _MAX_NAME, socket.CMSG_LEN(5 * fds.itemsize)
         )
     except OSError:
         return False
@@ -299,11 +304,11 @@ def _handle_request(
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    if len(fds) != 2:
+    if len(fds) not in (2, 5):
         for fd in fds:
             os.close(fd)
         return True  # not a request this server makes: ignore it
-    channel_fd, status_fd = fds
+    channel_fd, status_fd, *output_fds = fds
     name = data[2:].decode(errors="replace")
     pid = os.fork()
     if pid == 0:  # the worker
@@ -314,12 +319,21 @@ def _handle_request(
             sock.close()
             for fd in (*own_fds, status_fd, *status_of.values()):
                 os.close(fd)
+            log_fd = None
+            if output_fds:  # the script's stdout and stderr are the server's to read
+                os.dup2(output_fds[0], 1)
+                os.dup2(output_fds[1], 2)
+                os.close(output_fds[0])
+                os.close(output_fds[1])
+                log_fd = output_fds[2]
             from ska_oso_oet.procedure import worker
 
-            worker.worker_process_main(channel_fd, name)
+            worker.worker_process_main(channel_fd, name, log_fd)
         finally:
             os._exit(70)
     os.close(channel_fd)
+    for fd in output_fds:
+        os.close(fd)
     os.write(status_fd, _STATUS.pack(pid))
     status_of[pid] = status_fd
     return True
@@ -330,7 +344,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the server to handle
     # the worker, then the operator's modules (a git script's environment code is imported
     # only by the workers that need it: every module preloaded here costs each worker's exit)
-    own = ["ska_oso_oet.procedure.worker"]
+    own = ["ska_oso_oet.procedure.worker", "ska_oso_oet.procedure.output"]
     for name in [*own, *argv[1:]]:
         try:
             importlib.import_module(name)

@@ -141,6 +141,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Most procedures not yet ended at once (each has a process of its own); a Prepare "
         "beyond is refused (the abort script always runs)",
     ),
+    Setting(
+        "data_dir",
+        "DataDirectory",
+        str,
+        "",
+        "Where the device keeps what lasts, each device in its own folder: the output of its "
+        "procedures (empty: $OET_DATA_DIR, else ~/.local/share/ska-oso-oet)",
+    ),
+    Setting(
+        "output_limit",
+        "OutputLimit",
+        int,
+        4_000_000,
+        "Bytes of output kept per procedure (on disk, under DataDirectory); the oldest lines "
+        "beyond are dropped and counted",
+        "bytes",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -157,6 +174,19 @@ def cache_dir(configured: str | None) -> str:
     """Where clones and environments live: ``configured``, else $OET_CACHE_DIR, else
     ~/.cache/ska-oso-oet; absolute."""
     chosen = configured or os.environ.get(CACHE_ENV) or CACHE_DEFAULT
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+DATA_ENV = "OET_DATA_DIR"
+
+
+def data_dir(configured: str | None) -> str:
+    """Where the device keeps what lasts: ``configured``, else $OET_DATA_DIR, else
+    ``$XDG_DATA_HOME/ska-oso-oet`` (~/.local/share/ska-oso-oet); absolute."""
+    chosen = configured or os.environ.get(DATA_ENV)
+    if not chosen:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join("~", ".local", "share")
+        chosen = os.path.join(base, "ska-oso-oet")
     return os.path.abspath(os.path.expanduser(chosen))
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from pubsub import pub
 
-from ska_oso_oet.procedure import launcher, proctree
+from ska_oso_oet.procedure import launcher, output, proctree
 from ska_oso_oet.procedure import messages as m
 from ska_oso_oet.procedure.proctree import ProcessRef
 from ska_oso_oet.procedure.states import ProcedureState
@@ -73,6 +73,7 @@ class _Worker:
     )
     send_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     outbox: bytearray = dataclasses.field(default_factory=bytearray)
+    pipes: output.WorkerPipes | None = None  # the read ends of its stdout, stderr and log
 
     @property
     def channel_open(self) -> bool:
@@ -87,7 +88,8 @@ class _Worker:
                 return False  # the worker is gone; its exit will be reported
             if droppable and len(self.outbox) > MAX_OUTBOX:
                 LOGGER.warning(
-                    "Worker %s reads nothing: dropped a %s message for it",
+                    "Procedure %s: its worker (PID %s) reads nothing: dropped a %s message for it",
+                    self.procedure_id,
                     self.os_pid,
                     type(msg).__name__,
                 )
@@ -249,7 +251,10 @@ class Supervisor:
         spare_workers: int,
         preload_modules: Iterable[str] = (),
         on_update: UpdateCallback | None = None,
+        on_output: output.OutputHub | None = None,
     ) -> None:
+        self._output = on_output  # None: workers write to the server's own stdout
+        self._throttled: set[_Worker] = set()  # workers whose pipes are not read for now
         self._on_state = on_state
         self._on_pubsub = on_pubsub
         self._on_update = on_update
@@ -377,9 +382,19 @@ class Supervisor:
 
     def _launch(self) -> _Worker:
         name = f"oet-worker-{next(self._names)}"
-        pid, sock, status = launcher.get(self._preload).spawn(name)
+        pipes = output.WorkerPipes() if self._output is not None else None
+        try:
+            pid, sock, status = launcher.get(self._preload).spawn(
+                name, pipes.write_fds() if pipes else None
+            )
+        except BaseException:
+            if pipes is not None:
+                pipes.close()
+            raise
+        if pipes is not None:
+            pipes.close_write_ends()
         sock.setblocking(False)
-        return _Worker(os_pid=pid, sock=sock, status=status)
+        return _Worker(os_pid=pid, sock=sock, status=status, pipes=pipes)
 
     def _request_launch(self, procedure_id: int | None) -> None:
         self._launches += 1
@@ -421,12 +436,16 @@ class Supervisor:
                         self._drain(w)
                 elif kind == "ended":
                     self._on_ended(w, exited)
+                elif kind == "output":
+                    self._read_output(w, key.fd)
                 else:
                     self._on_status(w, exited)
             while self._commands:
                 self._command(self._commands.popleft())
             for w in exited:
                 self._reap(w)
+            if self._throttled:
+                self._resume_output()
             self._enforce_deadlines()
             if self._closing:
                 if not self._workers and not self._spares and not self._launches:
@@ -451,7 +470,11 @@ class Supervisor:
         if w.status.lost and w.pidfd is not None and not _readable(w.pidfd):
             # A script may kill its own parent: the worker lives on, and its pidfd will
             # tell when it ends (with no exit code, for none is left to report it).
-            LOGGER.warning("The fork server went away; worker %s lives on", w.os_pid)
+            LOGGER.warning(
+                "The fork server went away; worker %s (procedure %s) lives on",
+                w.os_pid,
+                w.procedure_id,
+            )
         else:
             exited.append(w)
 
@@ -464,6 +487,8 @@ class Supervisor:
 
     def _timeout(self) -> float | None:
         deadlines = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        if self._throttled:
+            deadlines.append(time.monotonic() + 0.005)  # look at their backlog again soon
         if self._spares_paused_until > time.monotonic():
             deadlines.append(self._spares_paused_until)
         if not deadlines:
@@ -529,6 +554,8 @@ class Supervisor:
         assert w.sock is not None
         self._selector.register(w.sock, selectors.EVENT_READ, ("channel", w))
         self._selector.register(w.status.fd, selectors.EVENT_READ, ("status", w))
+        for fd in w.pipes.streams if w.pipes is not None else ():
+            self._selector.register(fd, selectors.EVENT_READ, ("output", w))
         try:
             w.pidfd = os.pidfd_open(w.os_pid)
         except (AttributeError, OSError):
@@ -692,8 +719,11 @@ class Supervisor:
             gone = pids_gone(w.exit_intent.killed, KILL_CONFIRM_TIMEOUT)
         else:
             gone = confirm_gone(w.os_pid, w.snapshot, KILL_CONFIRM_TIMEOUT)
+        self._drain_output(w)
         self._forget(w)
         pid = w.procedure_id
+        if pid is not None and self._output is not None:
+            self._output.end(pid)  # every line it wrote goes out before its final state
         if pid is None:
             if not self._closing:
                 LOGGER.warning("Spare worker %s %s", w.os_pid, describe_exit(exitcode))
@@ -726,7 +756,42 @@ class Supervisor:
             )
         return state, {"stacktrace": stacktrace, "exitcode": exitcode}
 
+    def _read_output(self, w: _Worker, fd: int) -> None:
+        if w.pipes is None:
+            return
+        if not w.pipes.read(fd, self._output, w.procedure_id):
+            self._unwatch(fd)
+            w.pipes.close_fd(fd)
+        elif w.pipes.backlogged:  # the script writes faster than the server takes it in
+            for pipe in w.pipes.streams:
+                self._unwatch(pipe)
+            self._throttled.add(w)
+
+    def _resume_output(self) -> None:
+        """Read the pipes of workers whose backlog of output has gone down again."""
+        for w in list(self._throttled):
+            if w.reaped or w.pipes is None:
+                self._throttled.discard(w)
+            elif w.pipes.resume_at <= time.monotonic() and (
+                self._output is None or self._output.accepting(w.procedure_id or 0)
+            ):
+                self._throttled.discard(w)
+                w.pipes.backlogged = False
+                for fd in w.pipes.streams:
+                    self._selector.register(fd, selectors.EVENT_READ, ("output", w))
+
+    def _drain_output(self, w: _Worker) -> None:
+        if w.pipes is not None:
+            for fd in w.pipes.drain(self._output, w.procedure_id):
+                self._unwatch(fd)
+                w.pipes.close_fd(fd)
+
     def _forget(self, w: _Worker) -> None:
+        if w.pipes is not None:
+            for fd in list(w.pipes.streams):
+                self._unwatch(fd)
+            w.pipes.close()
+            self._throttled.discard(w)
         if w.sock is not None:
             self._unwatch(w.sock.fileno())
         w.close_channel()

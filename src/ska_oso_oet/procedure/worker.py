@@ -411,6 +411,7 @@ class ScriptWorker:
         name = topic.getName()
         if name.startswith(PRIVATE_TOPIC_PREFIX):
             return
+        _fence_output()  # what the script wrote before the message reaches the server first
         try:
             self._send(m.PubSub(name, kwargs))
         except (TypeError, ValueError, RecursionError) as exc:
@@ -452,6 +453,13 @@ def _interrupting(
     raises in the main thread as ever."""
     agent.interrupt()
     handler(signal_num, frame)
+
+
+def _fence_output() -> None:
+    _flush_std_streams()
+    output = sys.modules.get("ska_oso_oet.procedure.output")
+    if output is not None:
+        output.fence()
 
 
 def _serialise_topic_creation() -> None:
@@ -517,18 +525,22 @@ def _become_subreaper() -> None:
 def _flush_and_exit(code: int, kill: bool = True) -> None:
     if kill:
         kill_descendants()
+    _flush_std_streams()
+    os._exit(code)
+
+
+def _flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
         except Exception:
             pass
-    os._exit(code)
 
 
-def worker_process_main(channel_fd: int, name: str) -> None:
+def worker_process_main(channel_fd: int, name: str, log_fd: int | None = None) -> None:
     """Body of a worker process: serve the supervisor, on the stream socket ``channel_fd``,
-    until the procedure ends."""
+    until the procedure ends; its logging records go to ``log_fd`` when given."""
     # Lead a new process group, so that a stop can kill everything the script started and
     # a Ctrl-C meant for the server's terminal does not reach the script.
     os.setpgid(0, 0)
@@ -543,6 +555,10 @@ def worker_process_main(channel_fd: int, name: str) -> None:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except (AttributeError, ValueError):
         pass
+    if log_fd is not None:
+        from ska_oso_oet.procedure import output
+
+        output.capture(log_fd)
     channel = _Channel(socket.socket(fileno=channel_fd))
     worker = ScriptWorker(name, threading.Event(), threading.Event(), channel, channel)
     worker.run()

@@ -20,7 +20,7 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from ska_oso_oet.procedure import catalogue, settings, ui
+from ska_oso_oet.procedure import catalogue, output, settings, ui
 from ska_oso_oet.procedure.application import ProcedureSummary, ScriptExecutionService
 from ska_oso_oet.procedure.errors import (
     InvalidArgumentsError,
@@ -114,6 +114,8 @@ class ObservationExecutionTool(SKADevice):
     GitTimeout = _property("git_timeout")
     MaxEnvironments = _property("max_environments")
     EnvironmentTimeout = _property("install_timeout")
+    DataDirectory = _property("data_dir")
+    OutputLimit = _property("output_limit")
     MaxRequestSize = _property("max_request_size")
     MaxArgumentSize = _property("max_argument_size")
     MaxSummariseIds = _property("max_summarise_ids")
@@ -145,7 +147,12 @@ class ObservationExecutionTool(SKADevice):
         self._states: dict[int, ProcedureState] = {}
         self._summaries_json = "[]"
         self._shown: tuple[DevState, str] | None = None  # the State and Status last set
-        self._events: queue.SimpleQueue[ProcedureSummary | None] = queue.SimpleQueue()
+        # summaries, output batches and script messages, pushed in order by one thread
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._last_output = self._last_message = ""
+        for name in ("procedureOutput", "procedureMessages"):
+            self.set_change_event(name, True, False)
+            self.set_archive_event(name, True, False)
         for name in ("procedureSummaries", "State", "Status"):
             self.set_change_event(name, True, False)
         self.set_archive_event("procedureSummaries", True, False)
@@ -161,6 +168,7 @@ class ObservationExecutionTool(SKADevice):
         self._pusher = threading.Thread(target=self._push_loop, name="oet-events", daemon=True)
         self._pusher.start()
         self._ses.add_listener(self._events.put)
+        self._ses.add_output_listener(self._events.put)
         self._rest = rest.serve(
             self._ses,
             self.RestHost,
@@ -186,6 +194,7 @@ class ObservationExecutionTool(SKADevice):
                 "preload_modules": list(values["preload_modules"]),
                 "allowed_git_repos": list(values["allowed_git_repos"]),
                 "git_cache_dir": values["git_cache_dir"] or None,
+                "data_dir": output.device_data_dir(values["data_dir"], self.get_name()),
             },
         )
 
@@ -207,7 +216,9 @@ class ObservationExecutionTool(SKADevice):
             self._next_id = ses.next_id
             while not self._events.empty():
                 summary = self._events.get()
-                if summary is not None:
+                if isinstance(summary, output.OutputBatch | output.ScriptMessage):
+                    self._push_output(summary)
+                elif summary is not None:
                     try:
                         self._publish(summary)
                     except Exception:
@@ -223,10 +234,28 @@ class ObservationExecutionTool(SKADevice):
                 summary = self._events.get()
                 if summary is None:
                     return
+                if isinstance(summary, output.OutputBatch | output.ScriptMessage):
+                    self._push_output(summary)
+                    continue
                 try:
                     self._publish(summary)
                 except Exception:  # keep pushing whatever one push did
                     LOGGER.exception("Pushing the change of procedure %s failed", summary.id)
+
+    def _push_output(self, item: output.OutputBatch | output.ScriptMessage) -> None:
+        """An output batch (procedureOutput) or a script message (procedureMessages)."""
+        try:
+            text = item.to_json()
+            if isinstance(item, output.OutputBatch):
+                self._last_output = text
+                name = "procedureOutput"
+            else:
+                self._last_message = text
+                name = "procedureMessages"
+            self.push_change_event(name, text)
+            self.push_archive_event(name, text)
+        except Exception:
+            LOGGER.exception("Procedure %s: pushing its output or message failed", item.id)
 
     def _publish(self, summary: ProcedureSummary) -> None:
         self._summary_text[summary.id] = ui.to_json(summary)
@@ -385,7 +414,41 @@ class ObservationExecutionTool(SKADevice):
             self._catalogue = (roots, catalogue.Catalogue(roots))  # keeps what it parsed
         return json.dumps(self._catalogue[1].list())
 
+    @command(
+        dtype_in=str,
+        dtype_out=str,
+        doc_in='{"id": 1, "since": 0}',
+        doc_out='{"id": 1, "lines": [LINE, ...], "next": 42, "dropped": 0}: the kept output '
+        "lines with seq >= since (a page: ask again from next); LINE is {seq, time, stream, "
+        "text} (and level for log lines)",
+    )
+    @translate_errors
+    def GetOutput(self, request: str) -> str:
+        ses = self._service()
+        try:
+            pid, since = output.parse_get_output(request)
+        except ValueError as exc:
+            raise ui.RequestError(str(exc)) from None
+        return json.dumps(ses.get_output(pid, since))
+
     # -- attributes ----------------------------------------------------------------------------
+
+    @attribute(
+        dtype=str,
+        doc='JSON {"id": 1, "lines": [LINE, ...]} (and "skipped": N when an event could not '
+        "carry every line): the lines a procedure wrote since its previous event; events in "
+        "batches, at most one per procedure every 50 ms",
+    )
+    def procedureOutput(self) -> str:
+        return self._last_output
+
+    @attribute(
+        dtype=str,
+        doc='JSON {"id": 1, "topic": ..., "time": ..., "msg_src": ..., "data": {...}}: one '
+        "event per pypubsub message a script sends",
+    )
+    def procedureMessages(self) -> str:
+        return self._last_message
 
     @attribute(
         dtype=str,

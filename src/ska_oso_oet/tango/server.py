@@ -7,14 +7,17 @@ import sys
 
 from tango.server import run
 
+from ska_oso_oet.procedure.output import SkaLogFormatter
 from ska_oso_oet.tango.device import ObservationExecutionTool
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
 def main(args: list[str] | None = None, **kwargs: object) -> int:
     """Run the server: ``ObservationExecutionTool <instance> [Tango options]``."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # SKA's log line (UTC time, level, thread, function, file#line, tags, message); a record
+    # about a procedure is tagged procedure:<id>
+    logging.basicConfig(level=logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(SkaLogFormatter())
     # Hand the interpreter lock over sooner: the threads that carry a state change (the
     # supervisor, the event pusher, Tango's) each hold it only briefly.
     sys.setswitchinterval(0.0005)

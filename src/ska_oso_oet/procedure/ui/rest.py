@@ -206,7 +206,8 @@ class _Client:
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
         self.size = size
-        self.queue: collections.deque[ProcedureSummary] = collections.deque()
+        # summaries, and the output batches and script messages of procedure.output
+        self.queue: collections.deque[Any] = collections.deque()
         self.dropped = 0  # changes dropped and not yet reported to the client
         self.dropped_total = 0
         self.done = False
@@ -214,7 +215,7 @@ class _Client:
         self._pending = False
         self._lock = threading.Lock()
 
-    def put(self, summary: ProcedureSummary) -> None:
+    def put(self, summary: Any) -> None:
         """The service's listener: called in order from the thread of each change; never
         waits for the client."""
         with self._lock:
@@ -239,7 +240,7 @@ class _Client:
         except RuntimeError:  # the loop has closed: the server is gone
             pass
 
-    def take(self) -> tuple[list[ProcedureSummary], int, bool]:
+    def take(self) -> tuple[list[Any], int, bool]:
         """(changes, dropped count, done); in the event loop's thread."""
         with self._lock:
             items = list(self.queue)
@@ -272,6 +273,7 @@ class StreamHub:
                 )
             self._clients.add(client)
             self.service.add_listener(client.put)
+            self.service.add_output_listener(client.put)
             self._cond.notify_all()
         return client
 
@@ -281,6 +283,7 @@ class StreamHub:
                 self._clients.discard(client)
                 try:
                     self.service.remove_listener(client.put)
+                    self.service.remove_output_listener(client.put)
                 except ValueError:
                     pass
                 self._cond.notify_all()
@@ -390,7 +393,9 @@ class EventStream(Response):
             if dropped:
                 await write(_dropped(dropped))
             for summary in items:
-                await write(_events(summary))
+                await write(
+                    _events(summary) if isinstance(summary, ProcedureSummary) else summary.to_sse()
+                )
             if done:
                 break
             if not items and not dropped:
