@@ -1,0 +1,161 @@
+"""A server that never goes blind: if the process supervisor's loop dies, every client sees it
+at once (State FAULT, healthState FAILED, Status naming the error), new work is refused with a
+clear DevFailed, every worker is ended, and Init brings the device back. And the supervisor
+watches any number of workers: 300 live procedures all end.
+
+The supervisor is made to fail the way a bug in it would: it is handed a command that makes its
+loop raise."""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import threading
+from typing import Any
+
+import psutil
+import pytest
+import tango
+from tango.test_context import DeviceTestContext
+
+from ska_oso_oet.procedure import proctree
+from ska_oso_oet.procedure.application import (
+    PrepareProcessCommand,
+    ScriptExecutionService,
+    StartProcessCommand,
+    StopProcessCommand,
+)
+from ska_oso_oet.procedure.domain import ProcedureInput
+from ska_oso_oet.procedure.domain import ProcedureState as S
+from ska_oso_oet.procedure.errors import ProcedureError
+from ska_oso_oet.tango.device import ObservationExecutionTool
+from ska_oso_oet.tango.ska import HealthState
+from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents, script
+
+FINAL = [S.COMPLETE, S.STOPPED, S.FAILED, S.UNKNOWN]
+
+
+def break_supervisor(ses: ScriptExecutionService) -> None:
+    """Make the supervisor's loop fail as a bug in it would (white box: the one way in): a
+    command whose procedure ID is not an ID makes its next turn raise TypeError."""
+    from ska_oso_oet.procedure import supervisor
+
+    ses._supervisor._post(supervisor._Stop([]))  # type: ignore[arg-type]
+
+
+def test_a_dead_supervisor_fails_every_procedure_and_refuses_new_work(make_service: Any) -> None:
+    ses = make_service(max_running=2)
+    failures: list[str] = []
+    told = threading.Event()
+    ses.add_failure_listener(lambda f: (failures.append(f), told.set()))
+    running = ses.prepare(PrepareProcessCommand(script("sleeper.py"), ProcedureInput())).id
+    ready = ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput())).id
+    for pid in (running, ready):
+        ses.wait_for_state(pid, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(running, "main", ProcedureInput()))
+    ses.wait_for_state(running, S.RUNNING, TIMEOUT)
+    workers = [p for p in psutil.Process().children(recursive=True) if "oet-worker" in p.name()]
+
+    break_supervisor(ses)
+    assert told.wait(TIMEOUT)
+    assert failures == [ses.failure] and ses.failure and "TypeError" in ses.failure
+    for pid in (running, ready):
+        final = ses.wait_for_state(pid, FINAL, TIMEOUT)
+        assert final.state is S.FAILED
+        assert "process supervisor failed" in (final.history.stacktrace or "")
+    assert not ses.healthy
+    with pytest.raises(ProcedureError, match="Init restarts the service"):
+        ses.prepare(PrepareProcessCommand(script("hello.py"), ProcedureInput()))
+    # every worker it had is gone
+    _, alive = psutil.wait_procs(workers, timeout=TIMEOUT)
+    assert alive == []
+
+
+@pytest.mark.forked
+@pytest.mark.tango
+def test_the_device_shows_fault_at_once_and_init_brings_it_back(tmp_path: Any) -> None:
+    properties = {"ScriptRoots": [str(SCRIPTS)], "StopGracePeriod": 1.0}
+    with DeviceTestContext(
+        ObservationExecutionTool,
+        device_name="oet/executor/1",
+        properties=properties,
+        process=False,  # the device runs in this process: the test can break its supervisor
+    ) as device:
+        events = SummaryEvents(device)
+        states: list[tango.DevState] = []
+        faulted = threading.Event()
+
+        def on_state(event: Any) -> None:
+            if not event.err:
+                states.append(event.attr_value.value)
+                if event.attr_value.value == tango.DevState.FAULT:
+                    faulted.set()
+
+        device.subscribe_event("State", tango.EventType.CHANGE_EVENT, on_state)
+        request = {
+            "script": {"script_type": "filesystem", "script_uri": f"file://{SCRIPTS}/sleeper.py"}
+        }
+        pid = json.loads(device.Prepare(json.dumps(request)))["id"]
+        events.wait_for(pid, {"READY"})
+        device.Start(json.dumps({"id": pid}))
+        events.wait_for(pid, {"RUNNING"})
+
+        (ses,) = [
+            o for o in gc.get_objects() if isinstance(o, ScriptExecutionService) and o.healthy
+        ]  # the device's, the one open in this process
+        break_supervisor(ses)
+        assert faulted.wait(TIMEOUT), states  # pushed: no client has to poll for it
+        failed = events.wait_for(pid, {"FAILED"})
+        assert "process supervisor failed" in failed["history"]["stacktrace"]
+        assert device.state() == tango.DevState.FAULT
+        assert device.healthState == HealthState.FAILED
+        assert "process supervisor failed" in device.status() and "Init" in device.status()
+        with pytest.raises(tango.DevFailed) as refused:
+            device.Prepare(json.dumps(request))
+        assert refused.value.args[0].reason == "OET_NotReady"
+        assert "Init" in refused.value.args[0].desc
+        assert json.loads(device.Summarise(json.dumps([pid])))[0]["state"] == "FAILED"
+
+        device.Init()
+        assert device.state() == tango.DevState.ON
+        assert device.healthState == HealthState.OK
+        again = json.loads(device.Prepare(json.dumps(request)))["id"]
+        assert again > pid
+        events.wait_for(again, {"READY"})
+        device.Stop(json.dumps({"id": again}))
+        events.wait_for(again, {"STOPPED"})
+
+
+def test_300_live_procedures_all_end(make_service: Any) -> None:
+    """No select() limit: 300 workers (over 1024 descriptors) watched at once, all ending."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8192)
+    if wanted < 4096:
+        pytest.fail(f"the hard limit of open files is {hard}: raise it to run this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        ses = make_service(max_running=300, max_procedures=300, spare_workers=0, history_limit=300)
+        ids = [
+            ses.prepare(PrepareProcessCommand(script("sleeper.py"), ProcedureInput())).id
+            for _ in range(300)
+        ]
+        for pid in ids:
+            ses.wait_for_state(pid, [S.READY, *FINAL], 120)
+        assert [s.state for s in ses.summarise(ids)] == [S.READY] * 300
+        me = psutil.Process()
+        assert me.num_fds() > 1024  # more than select() could ever watch
+        for pid in ids[:150]:  # half of them run, then all are stopped or end
+            ses.start(StartProcessCommand(pid, "main", ProcedureInput(seconds=0)))
+        for pid in ids[150:]:
+            ses.stop(StopProcessCommand(pid, run_abort=False))
+        for pid in ids:
+            ses.wait_for_state(pid, FINAL, 120)
+        ended = {s.state for s in ses.summarise(ids)}
+        assert ended <= {S.COMPLETE, S.STOPPED}, ended
+        assert proctree.poll_until(
+            lambda: not [p for p in me.children(recursive=True) if "oet-worker" in p.name()],
+            TIMEOUT,
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
