@@ -215,6 +215,10 @@ def test_summarise_answers_a_duplicated_id_once_and_quickly(device):
     assert len(copies) > settings.default("max_request_size")
     err = refusal(device.Summarise, copies)
     assert err.reason == "OET_InvalidRequest" and "MaxRequestSize" in err.desc
+    unknown = json.dumps([pid, *(10**4000 + i for i in range(200))])  # 800 kB of unknown IDs
+    err = refusal(device.Summarise, unknown)
+    assert err.reason == "OET_UnknownProcedure" and "and 190 more" in err.desc
+    assert len(err.desc) < 1000
     too_many = json.dumps(list(range(1, settings.default("max_summarise_ids") + 2)))
     err = refusal(device.Summarise, too_many)
     assert err.reason == "OET_InvalidRequest" and "MaxSummariseIds" in err.desc
@@ -451,6 +455,7 @@ def test_a_message_a_script_forges_fails_only_its_procedure(tmp_path, root, kind
 SEED = 20261202
 REQUESTS = 3000
 FUZZ_SECONDS = 240
+REST_REQUESTS = 600
 
 
 class Fuzzer:
@@ -636,6 +641,42 @@ def test_a_fuzz_of_generated_requests_gets_only_documented_answers(device, root)
     watcher.close()
     events.close()
     assert watcher.bad == []
+
+
+def test_a_fuzz_of_generated_rest_bodies_gets_only_documented_answers(tmp_path, root):
+    port = free_port()
+    with start_device(tmp_path, root, RestPort=port, RestHost="127.0.0.1") as device:
+        events = SummaryEvents(device)
+        ids = [ready(device, events), ready(device, events, "sleeper.py")]
+        fuzz = Fuzzer(random.Random(SEED + 1), ids, root)
+        documented = {200, 201, 400, 403, 404, 409, 413, 422}
+        base = f"http://127.0.0.1:{port}/oet/api/v7"
+        with httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+            for _ in range(REST_REQUESTS):
+                if fuzz.rng.random() < 0.5:
+                    method, path, body = "POST", "/procedures", fuzz.text("Prepare")
+                else:
+                    put = {
+                        "state": fuzz.rng.choice(["RUNNING", "STOPPED", "PAUSED", None]),
+                        "script_args": {"main": {"args": [], "kwargs": {}}},
+                        "abort": False,
+                    }
+                    body = json.dumps(fuzz.mutate(put)) if fuzz.rng.random() < 0.7 else "{"
+                    method, path = "PUT", f"/procedures/{fuzz.pid()}"
+                answer = http.request(
+                    method,
+                    path,
+                    content=body.encode("utf-8", "surrogatepass"),
+                    headers={"content-type": "application/json"},
+                )
+                assert answer.status_code in documented, (method, body[:300], answer.text[:300])
+                strict(answer.text)
+            strict(http.get("/procedures").text)
+        for summary in strict(device.Summarise("")):
+            if summary["state"] not in FINAL:
+                device.Stop(json.dumps({"id": summary["id"]}))
+        assert_serving(device)
+        events.close()
 
 
 def test_the_strict_parser_and_writer_on_their_own():

@@ -529,7 +529,9 @@ class ScriptExecutionService:
                 return [self._summary(p) for p in self._records]
             unknown = [p for p in pids if p not in self._records]
             if unknown:
-                raise UnknownProcedureError(f"No procedure with ID {', '.join(map(str, unknown))}")
+                named = ", ".join(str(p)[:40] for p in unknown[:10])  # a bounded reply
+                more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+                raise UnknownProcedureError(f"No procedure with ID {named}{more}")
             return [self._summary(p) for p in pids]
 
     def get_output(self, pid: int, since: int = 0) -> dict[str, Any]:
