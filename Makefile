@@ -28,7 +28,7 @@ help:
 	@echo "make run    serve oet/executor/1 on an embedded Tango database (Ctrl-C stops it)"
 	@echo "make test   lint, then run the whole test suite on Python 3.11 and on 3.13"
 	@echo "make lint   ruff check, ruff format --check, mypy (for 3.11 and for 3.13)"
-	@echo "make bench  lifecycle benchmarks (BENCH_QUICK=1 for a few iterations)"
+	@echo "make bench  lifecycle, operator face and script output benchmarks (BENCH_QUICK=1: a few iterations)"
 
 # One rule for both venvs: $* is the venv's directory.
 python_for = $(if $(filter $(VENV_313),$(1)),$(PYTHON_313),$(PYTHON))
@@ -92,6 +92,7 @@ else
 	$(BIN)/python benchmarks/lifecycle.py
 endif
 	$(BIN)/python benchmarks/face.py
+	$(BIN)/python benchmarks/output.py
 
 clean:
 	rm -rf $(VENV) $(VENV_313) $(VENV_GQL) .oet build dist src/*.egg-info

@@ -649,3 +649,20 @@ def test_oet_listen_messages(device: Any, tmp_path: pathlib.Path) -> None:
     assert '"msg": "hello z"' in message
     shown = [line for line in got if line.startswith(f"[{pid}] ") and " message " not in line]
     assert [line.split(" ", 3)[2] for line in shown] == [s for s, _ in EXPECTED if s != "message"]
+
+
+def test_output_kept_by_an_earlier_hub_is_read_back_and_forgotten(tmp_path: pathlib.Path) -> None:
+    """The durable history: a later server reads what an earlier one kept, and drops it with
+    the procedure."""
+    first = output.OutputHub(str(tmp_path), 4096)
+    first.feed(7, "stdout", b"".join(b"line %d\n" % i for i in range(1000)))
+    first.end(7)
+    kept = first.get_output(7)
+    first.close()
+    assert kept["dropped"] > 0 and kept["lines"][-1]["text"] == "line 999"
+    later = output.OutputHub(str(tmp_path), 4096)
+    assert later.get_output(7) == kept
+    assert later.get_output(8) == {"id": 8, "lines": [], "next": 0, "dropped": 0}
+    later.forget(7)
+    assert later.get_output(7)["lines"] == [] and not list((tmp_path / "output").iterdir())
+    later.close()

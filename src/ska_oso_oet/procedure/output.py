@@ -435,24 +435,53 @@ def _log_line(raw: str) -> tuple[str, str, float | None, str | None]:
 _SEQ = re.compile(rb'\{"seq":(\d+),')
 
 
+def remove_files(directory: str, pid: int) -> None:
+    """Delete every segment of procedure ``pid`` in ``directory``."""
+    pattern = re.compile(rf"{pid}\.\d+\.jsonl")
+    for name in os.listdir(directory):
+        if pattern.fullmatch(name):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+
 class _Store:
     """One procedure's lines on disk: two segments at most, the older one deleted whole when
     the newer one fills half the limit."""
 
-    def __init__(self, directory: str, pid: int, limit: int) -> None:
+    def __init__(self, directory: str, pid: int, limit: int, fresh: bool = True) -> None:
         self.directory = directory
         self.pid = pid
         self.half = max(limit // 2, 1024)
         self.segments: list[tuple[int, int]] = []  # (segment number, first seq)
         self.size = 0  # bytes in the newest segment
         self.next_seq = 0  # seq after the last line written
-        self.dropped_front = 0  # lines of deleted segments
         self._file: Any = None
         self._lock = threading.Lock()
-        for name in os.listdir(directory):  # an earlier service's lines under this ID
-            if name.startswith(f"{pid}.") and name.endswith(".jsonl"):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(directory, name))
+        if fresh:
+            remove_files(directory, pid)  # an earlier service's lines under this ID
+        else:
+            self._take_back()
+
+    def _take_back(self) -> None:
+        """The segments an earlier server left (a procedure of the durable history)."""
+        numbers = sorted(
+            int(name.split(".")[1])
+            for name in os.listdir(self.directory)
+            if re.fullmatch(rf"{self.pid}\.\d+\.jsonl", name)
+        )
+        for number in numbers[-2:]:
+            try:
+                with open(self._path(number), "rb") as f:
+                    first = _SEQ.match(f.readline())
+                    f.seek(max(0, os.fstat(f.fileno()).st_size - 2 * MAX_LINE - 4096))
+                    tail = [_SEQ.match(raw) for raw in f.readlines() if raw.endswith(b"\n")]
+            except OSError:
+                continue
+            if first is not None:
+                self.segments.append((number, int(first.group(1))))
+                last = [m for m in tail if m is not None]
+                if last:
+                    self.next_seq = max(self.next_seq, int(last[-1].group(1)) + 1)
 
     def _path(self, number: int) -> str:
         return os.path.join(self.directory, f"{self.pid}.{number}.jsonl")
@@ -484,7 +513,6 @@ class _Store:
             old, _ = self.segments.pop(0)
             with contextlib.suppress(OSError):
                 os.unlink(self._path(old))
-            self.dropped_front = self.segments[0][1]
         self.segments.append((number, first_seq))
         self._file = open(self._path(number), "w", encoding="utf-8")
         self.size = 0
@@ -498,9 +526,7 @@ class _Store:
     def remove(self) -> None:
         self.close()
         with self._lock:
-            for number, _ in self.segments:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path(number))
+            remove_files(self.directory, self.pid)
             self.segments = []
 
     def first_kept(self) -> int:
@@ -802,8 +828,11 @@ class OutputHub:
         """``{"id", "lines", "next", "dropped"}``: a page of the kept lines with seq >= since."""
         with self._lock:
             proc = self._procs.get(pid)
-        if proc is None:
-            return {"id": pid, "lines": [], "next": 0, "dropped": 0}
+            if proc is None:  # none written by this service: what an earlier one kept
+                store = _Store(self.directory, pid, self.limit, fresh=False)
+                if not store.segments:
+                    return {"id": pid, "lines": [], "next": 0, "dropped": 0}
+                proc = self._procs[pid] = _Proc(store, ended=True)
         texts, nxt = proc.store.read(max(0, since), MAX_PAGE_LINES, MAX_PAGE_BYTES)
         dropped = proc.store.first_kept() + proc.lost
         return {
@@ -820,6 +849,8 @@ class OutputHub:
         if proc is not None:
             with proc.flush_lock:
                 proc.store.remove()
+        else:
+            remove_files(self.directory, pid)
 
     # -- the batches ---------------------------------------------------------------------------
 
