@@ -262,7 +262,50 @@ def test_non_finite_numbers_in_init_args_are_refused_with_the_reason(device):
     assert strict(device.Summarise("")) == []
 
 
-def test_what_a_script_returns_or_publishes_is_emitted_as_standard_json(device, root):
+class StreamReader:
+    """Reads the REST event stream in a thread; every ``data:`` line parsed strictly."""
+
+    def __init__(self, base: str) -> None:
+        self.events: list[Any] = []
+        self.bad: list[str] = []
+        self._cond = threading.Condition()
+        self._http = httpx.Client(base_url=base, timeout=TIMEOUT)
+        self._stop = False
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._http.stream("GET", "/stream") as answer:
+            for line in answer.iter_lines():
+                if self._stop:
+                    return
+                self.connected.set()  # the stream's first line is a comment saying so
+                if line.startswith("data:"):
+                    with self._cond:
+                        try:
+                            self.events.append(strict(line[5:]))
+                        except ValueError as exc:
+                            self.bad.append(f"{exc}: {line[:200]}")
+                        self._cond.notify_all()
+
+    def wait_for(self, predicate: Any) -> Any:
+        with self._cond:
+            found: list[Any] = []
+
+            def seen() -> bool:
+                found[:] = [e for e in self.events if predicate(e)]
+                return bool(found)
+
+            assert self._cond.wait_for(seen, TIMEOUT), self.events[-5:]
+            return found[0]
+
+    def close(self) -> None:
+        self._stop = True
+        self._http.close()
+
+
+def test_what_a_script_returns_or_publishes_is_emitted_as_standard_json(tmp_path, root):
     (root / "nonfinite.py").write_text(
         "from pubsub import pub\n\n\n"
         "def main():\n"
@@ -270,21 +313,38 @@ def test_what_a_script_returns_or_publishes_is_emitted_as_standard_json(device, 
         "                    y=[float('inf'), -float('inf')], z={'n': 10 ** 100})\n"
         "    return {'nan': float('nan'), 'inf': float('inf')}\n"
     )
-    watcher = StrictEvents(device)
-    events = SummaryEvents(device)
-    request = {
-        "script": {"script_type": "filesystem", "script_uri": f"file://{root}/nonfinite.py"}
-    }
-    pid = strict(device.Prepare(json.dumps(request)))["id"]
-    events.wait_for(pid, {"READY"})
-    strict(device.Start(json.dumps({"id": pid})))
-    final = events.wait_for(pid, FINAL)
-    assert final["state"] == "COMPLETE", final["history"]["stacktrace"]
-    for text in (device.procedureSummaries, device.Summarise(""), device.Summarise(f"[{pid}]")):
-        strict(text)
-    watcher.close()
-    events.close()
-    assert watcher.count > 0 and watcher.bad == []
+    port = free_port()
+    with start_device(tmp_path, root, RestPort=port, RestHost="127.0.0.1") as device:
+        watcher = StrictEvents(device)
+        events = SummaryEvents(device)
+        base = f"http://127.0.0.1:{port}/oet/api/v7"
+        stream = StreamReader(base)
+        assert stream.connected.wait(TIMEOUT)
+        request = {
+            "script": {"script_type": "filesystem", "script_uri": f"file://{root}/nonfinite.py"}
+        }
+        pid = strict(device.Prepare(json.dumps(request)))["id"]
+        events.wait_for(pid, {"READY"})
+        strict(device.Start(json.dumps({"id": pid})))
+        final = events.wait_for(pid, FINAL)
+        assert final["state"] == "COMPLETE", final["history"]["stacktrace"]
+        for text in (
+            device.procedureSummaries,
+            device.Summarise(""),
+            device.Summarise(f"[{pid}]"),
+        ):
+            strict(text)
+        with httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+            strict(http.get("/procedures").text)
+            strict(http.get(f"/procedures/{pid}").text)
+        # the message's non-finite numbers arrive as null, on the stream and the attribute
+        message = stream.wait_for(lambda e: e.get("topic") == "user.values")
+        assert message["data"]["x"] is None and message["data"]["y"] == [None, None], message
+        stream.wait_for(lambda e: e.get("new_state") == "COMPLETE")
+        watcher.close()
+        events.close()
+        stream.close()
+        assert watcher.count > 0 and watcher.bad == [] and stream.bad == []
 
 
 def test_the_rest_api_refuses_the_same_hostile_bodies_and_emits_standard_json(tmp_path, root):
