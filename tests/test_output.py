@@ -360,6 +360,41 @@ def test_get_output_requests_are_checked() -> None:
             output.parse_get_output(bad)
 
 
+def test_the_rest_stream_carries_output_and_messages_with_their_topic(
+    make_service: Any, tmp_path: pathlib.Path
+) -> None:
+    import httpx
+
+    from ska_oso_oet.procedure.ui import server
+
+    ses = make_service(data_dir=str(tmp_path / "data"))
+    srv = server.RestServer(ses, "127.0.0.1", 0)
+    srv.start()
+    events: list[dict[str, Any]] = []
+    try:
+        with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+            with http.stream("GET", "/stream") as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith(": connected")
+                pid, _ = run(ses, write_script(tmp_path, "every.py", EVERY_KIND), tag="r")
+                for line in lines:
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[len("data: ") :]))
+                        if events[-1].get("new_state") == "COMPLETE":
+                            break
+    finally:
+        srv.stop()
+    seen = []
+    for event in events:
+        if event["topic"] == output.OUTPUT_TOPIC:
+            assert event["id"] == pid
+            seen += [(x["stream"], x["text"]) for x in event["lines"]]
+        elif event["topic"] == "user.script.announce":
+            assert event["id"] == pid and event["msg_src"] == "every"
+            seen.append(("message", event["data"]["msg"]))
+    assert seen == [(s, t.format(t="r")) for s, t in EXPECTED]
+
+
 # -- a real device, real subscribers -------------------------------------------------------
 
 tango = pytest.importorskip("tango")
