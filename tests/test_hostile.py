@@ -492,7 +492,7 @@ def test_a_script_swapped_after_the_check_is_not_run(device, root, tmp_path, swa
 # -- a forged message from a script --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["pickle", "garbage"])
+@pytest.mark.parametrize("kind", ["pickle", "garbage", "hijack"])
 def test_a_message_a_script_forges_fails_only_its_procedure(tmp_path, root, kind):
     with start_device(tmp_path, root, MaxRunning=2) as device:
         events = SummaryEvents(device)
@@ -500,7 +500,8 @@ def test_a_message_a_script_forges_fails_only_its_procedure(tmp_path, root, kind
         bystander = ready(device, events, "sleeper.py")
         forger = ready(device, events, "forger.py")
         device.Start(json.dumps({"id": bystander, "run_args": {"kwargs": {"seconds": 1}}}))
-        device.Start(json.dumps({"id": forger, "run_args": {"args": [kind, str(marker)]}}))
+        target = str(bystander) if kind == "hijack" else str(marker)  # hijack: stop it
+        device.Start(json.dumps({"id": forger, "run_args": {"args": [kind, target]}}))
         ended = events.wait_for(forger, FINAL)
         assert ended["state"] == "FAILED"
         assert "sent an invalid message" in ended["history"]["stacktrace"]

@@ -13,7 +13,7 @@ S = ProcedureState
 TIMEOUT = 20
 
 
-@pytest.mark.parametrize("kind", ["pickle", "state", "final", "garbage", "huge"])
+@pytest.mark.parametrize("kind", ["pickle", "state", "final", "garbage", "huge", "hijack"])
 def test_a_forged_message_fails_only_its_own_procedure(make_service, tmp_path, kind):
     ses = make_service(max_running=2)
     marker = tmp_path / "planted"
@@ -22,7 +22,8 @@ def test_a_forged_message_fails_only_its_own_procedure(make_service, tmp_path, k
     for summary in (bystander, forger):
         ses.wait_for_state(summary.id, S.READY, TIMEOUT)
     ses.start(StartProcessCommand(bystander.id, "main", ProcedureInput(seconds=0.5)))
-    ses.start(StartProcessCommand(forger.id, "main", ProcedureInput(kind, str(marker))))
+    target = str(bystander.id) if kind == "hijack" else str(marker)  # hijack: stop it
+    ses.start(StartProcessCommand(forger.id, "main", ProcedureInput(kind, target)))
 
     ended = ses.wait_for_state(forger.id, [S.COMPLETE, S.FAILED, S.STOPPED], TIMEOUT)
     assert ended.state is S.FAILED
@@ -47,6 +48,7 @@ def test_a_forged_message_fails_only_its_own_procedure(make_service, tmp_path, k
         b'{"kind": "state", "state": "READY", "time": 1, "extra": 1}',
         b'{"kind": "exit", "state": "COMPLETE", "stacktrace": null, "killed": ["1"]}',
         b'{"kind": "pubsub", "topic": 3, "kwargs": {}}',
+        b'{"kind": "pubsub", "topic": "procedure.management.stop", "kwargs": {}}',
         b"[" * 100000,
     ],
 )
@@ -95,3 +97,12 @@ def test_non_finite_numbers_from_a_worker_are_read_as_null():
     body = b'{"kind": "state", "state": "READY", "time": NaN}'
     with pytest.raises(m.ProtocolError, match="time"):
         m.decode_from_worker(body)
+
+
+def test_the_server_topics_are_the_ones_a_worker_keeps_to_itself():
+    from ska_oso_oet.procedure import manager, worker
+
+    assert m.SERVER_TOPIC_PREFIX == worker.PRIVATE_TOPIC_PREFIX
+    for topic in (manager.CREATE_TOPIC, manager.RUN_TOPIC, manager.STOP_TOPIC):
+        assert topic.startswith(m.SERVER_TOPIC_PREFIX)
+    assert manager.STATECHANGE_TOPIC.startswith(m.SERVER_TOPIC_PREFIX)

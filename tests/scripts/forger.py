@@ -1,5 +1,6 @@
 """Writes forged messages down its own worker's socket (found among its open descriptors)."""
 
+import json
 import os
 import pickle
 import stat
@@ -26,13 +27,22 @@ def _sockets():
             pass
 
 
-def main(kind, marker):
+def main(kind, marker):  # marker: a file to plant (for hijack: the ID of the victim)
     if kind == "pickle":
         body = pickle.dumps(_Plant(marker))
     elif kind == "state":
         body = b'{"kind": "state", "state": "COMPLETE", "time": "soon"}'
     elif kind == "final":  # well-formed, but only the supervisor reports a final state
         body = b'{"kind": "state", "state": "COMPLETE", "time": 1.0}'
+    elif kind == "hijack":  # the server's own topic: stop procedure ``marker``
+        for n in range(1, 500):  # whichever process manager the server has
+            kwargs = {"msg_src": f"process-manager-{n}", "procedure_id": int(marker)}
+            body = json.dumps(
+                {"kind": "pubsub", "topic": "procedure.management.stop", "kwargs": kwargs}
+            ).encode()
+            for fd in _sockets():
+                os.write(fd, struct.pack("!I", len(body)) + body)
+        return
     elif kind == "huge":
         body = b""  # the header alone claims more than any message may have
         for fd in _sockets():

@@ -30,6 +30,9 @@ HEADER = struct.Struct("!I")
 MAX_FROM_WORKER = 16 * 1024 * 1024
 #: Most callables a script may offer a Start.
 MAX_CALLABLES = 10_000
+#: The server's own pub/sub topics (its process management and lifecycle): a worker never
+#: sends them (``worker.PRIVATE_TOPIC_PREFIX``), so one that arrives is forged, and refused.
+SERVER_TOPIC_PREFIX = "procedure."
 #: Longest JSON text of a function's result kept in a summary (a longer one is cut, said so).
 MAX_RESULT = 64 * 1024
 #: Longest progress message (the scripting module cuts longer ones).
@@ -229,9 +232,10 @@ def decode_from_worker(body: bytes) -> FromWorker:
             if len(body) > MAX_RESULT + 64:
                 raise ProtocolError(f"a result of {len(body)} bytes (at most {MAX_RESULT})")
             return Result(value=doc["value"])
-        return PubSub(
-            topic=_check(doc["topic"], str, "topic"), kwargs=_check(doc["kwargs"], dict, "kwargs")
-        )
+        topic = _check(doc["topic"], str, "topic")
+        if topic.startswith(SERVER_TOPIC_PREFIX):
+            raise ProtocolError(f"a pub/sub message on the server's own topic {topic[:80]!r}")
+        return PubSub(topic=topic, kwargs=_check(doc["kwargs"], dict, "kwargs"))
     except KeyError as exc:
         raise ProtocolError(f"missing field {exc}") from None
 
