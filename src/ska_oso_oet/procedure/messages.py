@@ -253,12 +253,13 @@ def _progress(doc: dict[str, Any]) -> Progress:
 
 
 def bound_result(value: Any) -> Any:
-    """A function's return value as a summary holds it: the value itself when it is JSON of
-    at most :data:`MAX_RESULT` characters, else its ``repr``; a text over the bound is cut and
-    ends with a note saying so."""
+    """A function's return value as a summary holds it: the value itself when it is standard
+    JSON (finite numbers, nested at most ``strictjson.MAX_DEPTH`` deep, whatever the Python)
+    of at most :data:`MAX_RESULT` characters, else its ``repr``; a text over the bound is cut
+    and ends with a note saying so."""
     try:
+        strictjson.check(value)
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        json.loads(f"[[{text}]]")  # what the supervisor will parse, a level or two deeper
     except (TypeError, ValueError, RecursionError):
         try:
             value = repr(value)
