@@ -109,23 +109,6 @@ class Watch:
                 self.summaries.append(summary)
                 self._cond.notify_all()
 
-    def wait_for_history(self, *suffix: str) -> ProcedureSummary:
-        """The first summary whose history ends with ``suffix``."""
-
-        def found() -> ProcedureSummary | None:
-            for s in self.summaries:
-                if states(s)[-len(suffix) :] == list(suffix):
-                    return s
-            return None
-
-        with self._cond:
-            assert self._cond.wait_for(lambda: found() is not None, TIMEOUT), (
-                f"history never ended {suffix}: {[states(s) for s in self.summaries[-1:]]}"
-            )
-            result = found()
-            assert result is not None
-            return result
-
     def close(self) -> None:
         self.ses.remove_listener(self._on)
 
