@@ -296,6 +296,7 @@ def test_logging_records_are_lines_whatever_the_script_configures(
                 1 / 0
             except ZeroDivisionError:
                 logging.exception("failed")
+            logging.getLogger("big").warning("\u00e9\x01" * 20000)
         """,
     )
     pid, _ = run(ses, script)
@@ -307,6 +308,11 @@ def test_logging_records_are_lines_whatever_the_script_configures(
     assert text.startswith("failed\nTraceback") and "ZeroDivisionError" in text
     # the script's own basicConfig handler printed the record to stderr, as it asked
     assert seen[3][0] == "stderr" and seen[3][2] == "BASIC failed"
+    big = [x for x in got.lines(pid) if x.get("logger") == "big"]
+    assert len(big) == 1 and big[0]["level"] == "WARNING"  # a long record stays one record
+    assert (
+        big[0]["text"].startswith("\u00e9\x01" * 100) and "cut: the record had" in big[0]["text"]
+    )
 
 
 def test_own_topics_are_not_repeated_as_messages(

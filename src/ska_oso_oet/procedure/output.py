@@ -79,7 +79,9 @@ READ_SIZE = 64 * 1024
 #: Most bytes per second read from one worker's pipes (beyond, the script waits in write).
 MAX_READ_RATE = 4 * 1024 * 1024
 RATE_WINDOW = 0.05
-_MAX_LOG_RECORD = 4 * MAX_LINE + 1024  # a JSON-escaped log record, before it is refused
+#: Longest line of the log pipe: a record of MAX_LINE characters, JSON-escaped (at most 6
+#: bytes a character, for control characters) as UTF-8.
+_MAX_LOG_RECORD = 6 * MAX_LINE + 4096
 
 
 # -- the worker's side -----------------------------------------------------------------------
@@ -112,11 +114,12 @@ class _LogCapture:
                 text = text[:MAX_LINE] + f" [cut: the record had {len(text)} characters]"
             doc = {
                 "time": record.created,
-                "level": record.levelname,
-                "logger": record.name,
+                "level": str(record.levelname)[:20],
+                "logger": str(record.name)[:200],
                 "text": text,
             }
-            data = (json.dumps(doc, default=repr) + "\n").encode("utf-8", "replace")
+            encoded = json.dumps(doc, default=repr, ensure_ascii=False) + "\n"
+            data = encoded.encode("utf-8", "replace")
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
@@ -354,7 +357,8 @@ class WorkerPipes:
 class _Splitter:
     """Bytes of one stream to lines: partial lines wait, long lines are cut once."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
         self.buf = bytearray()
         self.since = 0.0  # when the partial line in buf began
         self.cutting = False  # the rest of a cut line is being left out, up to its newline
@@ -371,12 +375,12 @@ class _Splitter:
                 self.buf += piece
                 piece = bytes(self.buf)
                 self.buf.clear()
-            lines.append(_cut(piece) if len(piece) > MAX_LINE else _decode(piece))
+            lines.append(_cut(piece) if len(piece) > self.limit else _decode(piece))
         if last and not self.cutting:
             if not self.buf:
                 self.since = now
             self.buf += last
-            if len(self.buf) > MAX_LINE:
+            if len(self.buf) > self.limit:
                 lines.append(_cut(self.buf))
                 self.buf.clear()
                 self.cutting = True
@@ -630,7 +634,11 @@ class _Proc:
     raw_bytes: int = 0
     # the rest is the pump's (or whoever holds flush_lock)
     splitters: dict[str, _Splitter] = dataclasses.field(
-        default_factory=lambda: {s: _Splitter() for s in STREAMS}
+        default_factory=lambda: {
+            "stdout": _Splitter(),
+            "stderr": _Splitter(),
+            "log": _Splitter(_MAX_LOG_RECORD),
+        }
     )
     next_seq: int = 0
     pending: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # not on disk

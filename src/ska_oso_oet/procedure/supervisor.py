@@ -229,6 +229,11 @@ def pids_gone(pids: list[int], timeout: float) -> bool:
     return proctree.poll_until(lambda: not any(proctree.pid_alive(p) for p in pids), timeout)
 
 
+def _for(request: _LaunchRequest) -> str:
+    """Whom a worker is started for, in a log record: "procedure 3" or "a spare"."""
+    return "a spare" if request.procedure_id is None else f"procedure {request.procedure_id}"
+
+
 def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
@@ -370,14 +375,16 @@ class Supervisor:
                     w = self._launch()
                 except Exception as exc:
                     # e.g. a script killed the fork server; the next attempt starts a new one
-                    LOGGER.warning("Could not start a worker process (%r)", exc)
+                    LOGGER.warning(
+                        "Could not start a worker process for %s (%r)", _for(request), exc
+                    )
                     error = exc
                     time.sleep(0.05 * (attempt + 1))
                 else:
                     self._post_quiet(_Launched(request, w, None))
                     break
             else:
-                LOGGER.error("Could not start a worker process: %r", error)
+                LOGGER.error("Could not start a worker process for %s: %r", _for(request), error)
                 self._post_quiet(_Launched(request, None, error))
 
     def _launch(self) -> _Worker:
