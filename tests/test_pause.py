@@ -327,6 +327,20 @@ def test_the_example_scan_pauses_between_steps(ses):
     assert done.progress is not None and done.progress["message"] == "done: 20 steps"
 
 
+def test_a_process_the_script_forks_never_pauses(ses, gate):
+    pid = prepared(ses)
+    started(ses, pid, "forks", port=gate.port)
+    ses.pause(pid)
+    gate.step(b"p")
+    ses.wait_for_state(pid, S.PAUSED, TIMEOUT)  # the worker's own checkpoint, after the child's
+    ses.resume(pid)
+    done = ses.wait_for_state(pid, S.READY, TIMEOUT)
+    assert done.result == "forked", done.history.stacktrace
+    assert states(done)[len(LOADED) :] == ["RUNNING", "PAUSED", "RUNNING", "READY"]
+    ses.stop(StopProcessCommand(pid))
+    final(ses, pid)
+
+
 # -- progress, result, procedure_id --------------------------------------------------------------
 
 

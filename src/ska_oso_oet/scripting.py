@@ -33,6 +33,7 @@ standard library only.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +117,7 @@ class Agent:
         self._send_progress = send_progress
         self._stop_exception = stop_exception
         self._interval = interval
+        self._pid = os.getpid()  # a process the script forks has no worker to resume it
         # pausing; an RLock, so that the SIGTERM handler may take it in the main thread
         self._cond = threading.Condition(threading.RLock())
         self._running = False  # a started function has not returned
@@ -184,6 +186,8 @@ class Agent:
     # -- from the script's threads --
 
     def wait_here(self, name: str | None) -> None:
+        if os.getpid() != self._pid:
+            return  # in a process the script forked: only the worker's own threads pause
         with self._cond:
             if not self.pause_requested or not self._running:
                 return

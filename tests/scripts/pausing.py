@@ -119,3 +119,20 @@ def no_checkpoint(port=None):
     """Never calls checkpoint(): a pause stays pending and the function runs to its end."""
     _wait(port)
     return "ran on"
+
+
+def forks(port=None):
+    """A child forked while a pause is pending: its checkpoint returns at once (only the
+    worker's own threads pause), the worker's own checkpoint pauses."""
+    import multiprocessing
+
+    _wait(port)  # the test has asked for a pause
+    with multiprocessing.Pool(1) as pool:
+        assert pool.apply(_child_checkpoint, ()) == "child went on"
+    checkpoint("parent")
+    return "forked"
+
+
+def _child_checkpoint():
+    checkpoint("child")
+    return "child went on"
