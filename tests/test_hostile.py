@@ -543,6 +543,8 @@ class Fuzzer:
                     "git://x.py",
                 ]
             )
+            if r.random() < 0.05:  # now and then a script that loads: procedures come and go
+                uri = f"file://{SCRIPTS}/hello.py"
             script: dict[str, Any] = {"script_type": "filesystem", "script_uri": uri}
             if uri.startswith("git"):
                 script = {
