@@ -24,6 +24,7 @@ from ska_oso_oet.procedure.application import (
 )
 from ska_oso_oet.procedure.scripts import FileSystemScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState
+from tests.test_e2e import REPO, Oet, oet  # noqa: F401  (oet: a server on a database, as make run)
 
 TIMEOUT = 30
 FINAL = {"COMPLETE", "STOPPED", "FAILED"}
@@ -140,6 +141,7 @@ def test_partial_long_and_broken_lines_are_split_safely() -> None:
     assert s.stale(0.1) is None  # a partial line waits for its end...
     assert s.stale(output.PARTIAL_WAIT + 0.01) == "three"  # ...for a while only
     assert s.feed(b"bad \xff\xfe bytes\n", 1.0) == ["bad \ufffd\ufffd bytes"]
+    assert s.feed(b" 10%\r 50%\r100%\r\n", 1.0) == ["100%"]  # a progress bar: what it shows
     long = b"x" * (output.MAX_LINE + 10)
     [cut] = s.feed(long[:100], 2.0) + s.feed(long[100:], 2.0)
     assert cut.startswith("x" * output.MAX_LINE) and "line cut" in cut
@@ -576,7 +578,7 @@ def test_a_flood_of_output_leaves_the_device_responsive(
     assert lines_of(outs, quick) and lines_of(outs, quick)[0]["text"] == "quick"
 
 
-def oet(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+def oet_cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "ska_oso_oet.cli", *args],
@@ -633,7 +635,7 @@ def test_oet_logs_and_follow(device: Any, tmp_path: pathlib.Path) -> None:
     )
     start(device, pid)
     time.sleep(0.2)  # the follower joins part way: the stored part, then the live part
-    follow = oet("--device", address, "logs", str(pid), "--follow")
+    follow = oet_cli("--device", address, "logs", str(pid), "--follow")
     try:
         out, err = follow.communicate(timeout=TIMEOUT)
     finally:
@@ -676,7 +678,7 @@ def test_oet_logs_and_follow(device: Any, tmp_path: pathlib.Path) -> None:
 def test_oet_listen_messages(device: Any, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "every.py"
     path.write_text(textwrap.dedent(EVERY_KIND))
-    listen = oet("--device", ADDRESS["device"], "listen", "--messages")
+    listen = oet_cli("--device", ADDRESS["device"], "listen", "--messages")
     try:
         read_until(listen, "Listening")
         pid = prepare(device, path)
@@ -707,3 +709,25 @@ def test_output_kept_by_an_earlier_hub_is_read_back_and_forgotten(tmp_path: path
     later.forget(7)
     assert later.get_output(7)["lines"] == [] and not list((tmp_path / "output").iterdir())
     later.close()
+
+
+# -- from a shell, against a server on a Tango database, as `make run` serves it ---------------
+
+
+@pytest.mark.tango
+def test_oet_logs_from_a_shell_against_a_server_on_a_database(oet: Oet) -> None:  # noqa: F811
+    prepared = oet.cli("--json", "prepare", "scripts/long_running.py", cwd=REPO)
+    assert prepared.returncode == 0, prepared.stderr + oet.log_tail()
+    pid = json.loads(prepared.stdout)["id"]
+    started = oet.cli("start", str(pid), "--kwarg", "duration=1.5", "--kwarg", "interval=0.1")
+    assert started.returncode == 0, started.stderr
+    follow = oet.cli("--json", "logs", str(pid), "--follow")  # returns when the procedure ends
+    assert follow.returncode == 0, follow.stderr
+    lines = [json.loads(x) for x in follow.stdout.splitlines()]
+    assert [x["seq"] for x in lines] == list(range(len(lines)))  # no gap, no line twice
+    assert lines[0]["text"] == "long_running:   0.0 of 1.5 s"
+    assert lines[-1]["text"] == "long_running: finished after 1.5 s"
+    assert len(lines) >= 10
+    shown = oet.cli("logs", str(pid))
+    assert shown.returncode == 0
+    assert [x.split(" ", 2)[2] for x in shown.stdout.splitlines()] == [x["text"] for x in lines]

@@ -404,8 +404,10 @@ class _Splitter:
 
 
 def _decode(data: bytes | bytearray) -> str:
-    text = data.decode("utf-8", "replace")
-    return text[:-1] if text.endswith("\r") else text
+    """The text of one line; after a carriage return (a progress bar redrawing its line), what
+    a terminal would show: the text after the last one."""
+    text = data.decode("utf-8", "replace").rstrip("\r")
+    return text.rsplit("\r", 1)[-1] if "\r" in text else text
 
 
 def _cut(data: bytes | bytearray) -> str:
