@@ -159,3 +159,81 @@ def test_300_live_procedures_all_end(make_service: Any) -> None:
         )
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.forked
+@pytest.mark.tango
+def test_init_with_clients_busy_drops_and_reorders_nothing_and_keeps_one_event_thread(
+    tmp_path: Any,
+) -> None:
+    properties = {
+        "ScriptRoots": [str(SCRIPTS)],
+        "StopGracePeriod": 3.0,
+        "MaxRunning": 3,
+    }
+    with DeviceTestContext(
+        ObservationExecutionTool,
+        device_name="oet/executor/1",
+        properties=properties,
+        process=False,  # in this process: its threads can be counted
+    ) as device:
+        subscribers = [SummaryEvents(device), SummaryEvents(tango.DeviceProxy(device.name()))]
+        hello = {
+            "script": {"script_type": "filesystem", "script_uri": f"file://{SCRIPTS}/hello.py"}
+        }
+        stubborn = {
+            "script": {"script_type": "filesystem", "script_uri": f"file://{SCRIPTS}/stubborn.py"}
+        }
+        busy = threading.Event()
+        done = threading.Event()
+
+        def client() -> None:  # another client, preparing and stopping all along
+            proxy = tango.DeviceProxy(device.name())
+            own = SummaryEvents(proxy)
+            while not done.is_set():
+                try:
+                    pid = json.loads(proxy.Prepare(json.dumps(hello)))["id"]
+                    proxy.Stop(json.dumps({"id": pid}))
+                except tango.DevFailed:
+                    continue  # refused while the device is between two services: fine
+                own.wait_for(pid, FINAL_NAMES)  # one at a time, as a client would
+                busy.set()
+            own.close()
+
+        # a barrier: both subscriptions carry events (ZMQ joins a moment after subscribing)
+        first = json.loads(device.Prepare(json.dumps(hello)))["id"]
+        device.Stop(json.dumps({"id": first}))
+        for events in subscribers:
+            events.wait_for(first, FINAL_NAMES)
+        worker = threading.Thread(target=client, daemon=True)
+        worker.start()
+        assert busy.wait(TIMEOUT)
+        for _ in range(3):
+            pid = json.loads(device.Prepare(json.dumps(stubborn)))["id"]
+            subscribers[0].wait_for(pid, {"READY"})
+            device.Start(json.dumps({"id": pid}))
+            subscribers[0].wait_for(pid, {"RUNNING"})
+            device.Init()  # within the client's 3 s although the script ignores SIGTERM
+            for events in subscribers:
+                assert events.wait_for(pid, FINAL_NAMES)["state"] == "STOPPED"
+        done.set()
+        worker.join(TIMEOUT)
+        threads = [t for t in threading.enumerate() if t.name == "oet-events"]
+        assert len(threads) == 1, threads
+        # no event dropped or reordered: each subscriber saw every procedure's history, state
+        # by state, as the device finally has it
+        for pid in [s["id"] for s in json.loads(device.Summarise(""))]:
+            for events in subscribers:  # every procedure has ended: wait for the last events
+                events.wait_for(pid, FINAL_NAMES)
+        final = {s["id"]: s for s in json.loads(device.Summarise(""))}
+        for events in subscribers:
+            assert events.errors == []
+            for pid, summary in final.items():
+                if pid == first:
+                    continue  # subscribed before it: its first events may predate the join
+                history = [st for st, _ in summary["history"]["process_states"]]
+                folded = [st for i, st in enumerate(history) if i == 0 or history[i - 1] != st]
+                assert events.states_seen(pid) == folded, (pid, events.states_seen(pid))
+
+
+FINAL_NAMES = {"COMPLETE", "STOPPED", "FAILED", "UNKNOWN"}

@@ -452,8 +452,8 @@ def test_init_stops_and_restarts_rest(oet: Oet) -> None:
     while stream.next() is not None:
         pass
     assert stream.states(pid)[-1] == "READY"
-    # REST serves again, over the device's new service: an empty list, IDs going on
-    assert ok(oet.http.get("/procedures")) == []
+    # REST serves again, over the device's new service: the history kept, IDs going on
+    assert [(s["id"], s["state"]) for s in ok(oet.http.get("/procedures"))] == [(pid, "STOPPED")]
     after = ok(oet.http.post("/procedures", json=post_body("hello.py")), 201)
     assert after["id"] == pid + 1
     assert oet.tango_summary(after["id"])["id"] == after["id"]

@@ -3,6 +3,7 @@
     oet prepare file:///abs/scripts/hello.py --kwarg subarray_id=1   # alias: create
     oet start 1 [--fn main] [--arg V ...] [--kwarg K=V ...] [--force]
     oet stop 1 [--abort]
+    oet abort                    # the panic button: stop all that runs, with the abort script
     oet list
     oet describe 1
     oet listen
@@ -223,7 +224,10 @@ def format_details(summary: dict[str, Any], tz: datetime.tzinfo | None = None) -
             + ", ".join(f"{k.removeprefix('git_')}={v}" for k, v in git.items() if v)
         )
         lines.append(f"  create_env:  {script.get('create_env', False)}")
+    history_states = [e[0] for e in (summary.get("history") or {}).get("process_states") or []]
     for fn, call in (summary.get("script_args") or {}).items():
+        if fn == "init" and "INITIALISING" not in history_states and not format_call(call):
+            continue  # the script has no init (or it has not run): nothing was called
         lines.append(f"  {fn + ':':<12} {fn}({format_call(call)})")
     if summary.get("uri"):
         lines.append(f"  uri:         {summary['uri']}")
@@ -250,10 +254,26 @@ def format_details(summary: dict[str, Any], tz: datetime.tzinfo | None = None) -
 def history_line(
     summary: dict[str, Any], entry: Sequence[Any], tz: datetime.tzinfo | None = None
 ) -> str:
-    """One line of ``oet listen``: time, id, state, script."""
+    """One line of ``oet listen``: time, id, state, script; a FAILED one adds its error."""
     state, timestamp = str(entry[0]), entry[1]
     when = format_time(timestamp, tz)
-    return f"{when}  {summary.get('id')!s:>4}  {state:<12}  {script_label(summary)}"
+    line = f"{when}  {summary.get('id')!s:>4}  {state:<12}  {script_label(summary)}"
+    if state == "FAILED":
+        line += f"  {failure_reason(summary)}"
+    return line
+
+
+def failure_reason(summary: dict[str, Any]) -> str:
+    """The last line of a FAILED procedure's stacktrace: ``ExceptionType: message``, as the
+    device's ``lastFailure`` has it."""
+    stacktrace = str((summary.get("history") or {}).get("stacktrace") or "")
+    lines = [line.strip() for line in stacktrace.splitlines() if line.strip()]
+    if not lines:
+        return "(no error was reported)"
+    kind, sep, message = lines[-1].partition(": ")
+    if all(part.isidentifier() for part in kind.split(".")):  # the bare class name
+        return printable(kind.split(".")[-1] + sep + message)
+    return printable(lines[-1])
 
 
 class HistoryTracker:
@@ -326,6 +346,39 @@ def _positive_id(text: str) -> int:
     return value
 
 
+#: Seconds ``prepare`` and ``start`` wait by default for READY and RUNNING.
+DEFAULT_WAIT = 60.0
+#: States a procedure passes through before it is READY.
+PREPARING = frozenset({"CREATING", "IDLE", "LOADING", "PREPARING_ENVIRONMENT", "INITIALISING"})
+
+
+def add_wait_args(p: argparse.ArgumentParser, state: str) -> None:
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help=f"wait at most this long for {state} (or an end) before printing "
+        f"(default {DEFAULT_WAIT:g}; 0: print the device's reply at once)",
+    )
+
+
+def _runs(summary: dict[str, Any]) -> int:
+    history = (summary.get("history") or {}).get("process_states") or []
+    return sum(1 for entry in history if entry and entry[0] == "RUNNING")
+
+
+def reached(command: str, reply: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether ``prepare``/``start`` has seen what it waits for: READY (or an end) after
+    Prepare; after Start, the procedure RUNNING since the reply (or an end)."""
+    state = str(now.get("state"))
+    if state in ("COMPLETE", "STOPPED", "FAILED"):
+        return True
+    if command == "start":
+        return _runs(now) > _runs(reply) or state == "PAUSED"
+    return state not in PREPARING
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
@@ -367,12 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--create-env", action="store_true", help="install the repository's environment"
     )
+    add_wait_args(p, "READY")
 
     p = sub.add_parser("start", parents=[common], help="run a function of a READY procedure")
     p.add_argument("id", type=_positive_id)
     p.add_argument("--fn", default="main", help="function to run (default main)")
     add_call_args(p, "the function")
-    p.add_argument("--force", action="store_true", help="start even if not QA-ready")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="if the procedure is not READY yet (still loading or in init), start it as soon "
+        "as it is, instead of refusing",
+    )
+    add_wait_args(p, "RUNNING")
 
     p = sub.add_parser("stop", parents=[common], help="stop a procedure")
     p.add_argument("id", type=_positive_id)
@@ -391,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id", type=_positive_id)
 
+    sub.add_parser(
+        "abort",
+        parents=[common],
+        help="the panic button: stop every RUNNING or PAUSED procedure, with the abort script",
+        description="Stop every RUNNING or PAUSED procedure and run the abort script for each "
+        "(as `oet stop ID --abort` for each of them).",
+    )
     sub.add_parser("list", parents=[common], help="list the procedures")
     p = sub.add_parser("describe", parents=[common], help="one procedure in full")
     p.add_argument("id", type=_positive_id)
@@ -448,6 +515,8 @@ def request_for(args: argparse.Namespace) -> tuple[str, str]:
         return "Stop", json.dumps(stop_request(args.id, args.abort))
     if args.command in ("pause", "resume"):
         return args.command.capitalize(), json.dumps({"id": args.id})
+    if args.command == "abort":
+        return "Abort", ""  # a DevVoid command: the argin is not sent
     if args.command == "list":
         return "Summarise", ""
     if args.command == "describe":
@@ -524,6 +593,10 @@ def render(args: argparse.Namespace, reply: str) -> str:
     value = decode(reply)
     if args.command in ("prepare", "create", "start"):
         return format_summaries([value])
+    if args.command == "abort":
+        if not value:
+            return "Nothing was running: nothing to abort."
+        return "Stopping; abort procedures started:\n" + format_summaries(value)
     if args.command == "stop":
         text = f"Stop requested for procedure {args.id}."
         if value:
@@ -595,9 +668,66 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     proxy = _proxy(args.device)
     if name == "ListScripts":  # a large tree read for the first time takes seconds
         proxy.set_timeout_millis(LIST_SCRIPTS_TIMEOUT_MS)
-    reply = proxy.command_inout(name, argin)
+    if name in ("Prepare", "Start") and getattr(args, "wait", 0) > 0:
+        reply = _command_and_wait(args, proxy, name, argin)
+    elif name == "Abort":
+        reply = proxy.command_inout(name)
+    else:
+        reply = proxy.command_inout(name, argin)
     print(render(args, reply), file=out, flush=True)
     return 0
+
+
+def _command_and_wait(args: argparse.Namespace, proxy: Any, name: str, argin: str) -> str:
+    """Send Prepare or Start, then wait (on procedureSummaries events, subscribed first so that
+    nothing is missed) until the procedure is READY or RUNNING; its summary then, as JSON."""
+    import tango
+
+    cond = threading.Condition()
+    latest: dict[Any, dict[str, Any]] = {}
+
+    def callback(event: Any) -> None:
+        if event.err:
+            return
+        try:
+            summaries = json.loads(event.attr_value.value or "[]")
+        except ValueError:
+            return
+        with cond:
+            for summary in summaries:
+                if isinstance(summary, dict):
+                    latest[summary.get("id")] = summary
+            cond.notify_all()
+
+    event_id = proxy.subscribe_event("procedureSummaries", tango.EventType.CHANGE_EVENT, callback)
+    try:
+        reply_text = proxy.command_inout(name, argin)
+        reply = decode(reply_text)
+        if not isinstance(reply, dict) or "id" not in reply:
+            return str(reply_text)
+        pid = reply["id"]
+
+        def done() -> bool:
+            now = latest.get(pid)
+            return now is not None and reached(args.command, reply, now)
+
+        with cond:
+            if not cond.wait_for(done, args.wait):
+                now = latest.get(pid, reply)
+                waited = "RUNNING" if args.command == "start" else "READY"
+                print(
+                    f"oet: note: procedure {pid} is {now.get('state')}, not yet {waited}, after "
+                    f"{args.wait:g} s; `oet listen` follows it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return json.dumps(now)
+            return json.dumps(latest[pid])
+    finally:
+        try:
+            proxy.unsubscribe_event(event_id)
+        except tango.DevFailed:
+            pass
 
 
 def run_listen(args: argparse.Namespace, out: TextIO, stop: threading.Event | None = None) -> int:

@@ -181,13 +181,14 @@ class ScriptExecutionService:
         install_timeout: float = settings.default("install_timeout"),
         installer: str = settings.INSTALLER,
         max_environments: int = settings.default("max_environments"),
+        data_dir: str | None = None,
+        output_limit: int = settings.default("output_limit"),
         max_request_size: int = settings.default("max_request_size"),
         max_argument_size: int = settings.default("max_argument_size"),
         max_summarise_ids: int = settings.default("max_summarise_ids"),
         max_procedures: int = settings.default("max_procedures"),
-        data_dir: str | None = None,
-        output_limit: int = settings.default("output_limit"),
         first_id: int = 1,
+        restored: Iterable[ProcedureSummary] = (),
     ) -> None:
         """Create a new ScriptExecutionService. The settings, their defaults and their
         device properties are listed once, in :mod:`.settings`.
@@ -215,6 +216,10 @@ class ScriptExecutionService:
         :param installer: "uv", "pip" or "auto" (uv when it is installed)
         :param max_environments: environments kept on disk; the least recently used beyond
             this are deleted when not in use
+        :param data_dir: where the output of procedures is kept (None: a temporary
+            directory, deleted at shutdown)
+        :param output_limit: bytes of output kept per procedure; the oldest lines beyond are
+            dropped and counted
         :param max_request_size: bytes a request may have (the service holds it for its
             faces: the Tango device and the REST API refuse larger requests)
         :param max_argument_size: bytes of JSON the arguments of one call (init or a started
@@ -222,12 +227,10 @@ class ScriptExecutionService:
         :param max_summarise_ids: distinct IDs one :meth:`summarise` may ask for
         :param max_procedures: procedures not yet ended that may be held at once (each has
             a process); a prepare beyond is refused (an abort procedure never is)
-        :param data_dir: where the output of procedures is kept (None: a temporary
-            directory, deleted at shutdown)
-        :param output_limit: bytes of output kept per procedure; the oldest lines beyond are
-            dropped and counted
         :param first_id: the ID of the first procedure (a service that replaces another
             continues its numbering, so that clients never see an ID twice)
+        :param restored: ended procedures to hold again, as an earlier service left them
+            (the device's durable history); IDs go on above theirs
         """
         if installer not in settings.INSTALLERS:
             raise ValueError("installer must be 'auto', 'uv' or 'pip'")
@@ -273,9 +276,27 @@ class ScriptExecutionService:
         self._wait_for_qa_ready = False
         self._closed = False
         self._output = output.open_hub(data_dir, output_limit)
+        restored = sorted(restored, key=lambda s: s.id)
+        for summary in restored:
+            if not summary.state.is_final:
+                raise ValueError(f"restored procedure {summary.id} is {summary.state.name}")
+            self._records[summary.id] = _Record(
+                script=summary.script,
+                history=ProcedureHistory(
+                    list(summary.history.process_states), summary.history.stacktrace
+                ),
+                script_args=list(summary.script_args),
+                progress=summary.progress,
+                result=summary.result,
+            )
+            self._states[summary.id] = summary.state
+            self._ended.append(summary.id)
+        if restored:
+            first_id = max(first_id, restored[-1].id + 1)
         self._manager = ProcessManager(
             states=self._states, state_lock=self._lock, first_id=first_id
         )
+        self._trim_history()
         self._supervisor = Supervisor(
             self._on_state,
             self._on_pubsub,
@@ -284,7 +305,9 @@ class ScriptExecutionService:
             preload_modules=preload_modules,
             on_update=self._on_update,
             on_output=self._output,
+            on_failure=self._on_supervisor_failure,
         )
+        self._failure_listeners: list[Callable[[str], None]] = []
         self._management = ManagementListener(self._supervisor, self._manager.name)
         pub.subscribe(self.handle_wait_for_qa_ready_enable, WAIT_FOR_QA_READY_ENABLE)
         pub.subscribe(self.handle_wait_for_qa_ready_disable, WAIT_FOR_QA_READY_DISABLE)
@@ -322,6 +345,16 @@ class ScriptExecutionService:
         """True while the service is open and its process supervisor is alive."""
         return not self._closed and self._supervisor.running
 
+    @property
+    def failure(self) -> str | None:
+        """Why the service can do nothing more (its process supervisor died: ``"Type:
+        message"``), else None. Every procedure it held was ended and shown FAILED."""
+        return self._supervisor.failure
+
+    def add_failure_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(failure)`` once, if the process supervisor dies."""
+        self._failure_listeners.append(listener)
+
     # -- the four operations ---------------------------------------------------------------
 
     def prepare(self, cmd: PrepareProcessCommand) -> ProcedureSummary:
@@ -340,7 +373,9 @@ class ScriptExecutionService:
                     f"{live} procedures have not ended, the most allowed (device property "
                     "MaxProcedures): stop one, or start and let it end, then prepare again"
                 )
-            return self._prepare(cmd, local_path)
+        # not under the lock: _prepare dispatches the change, which takes the dispatch lock
+        # first (the supervisor thread holds that while it waits for this lock)
+        return self._prepare(cmd, local_path)
 
     def _prepare(self, cmd: PrepareProcessCommand, local_path: str | None) -> ProcedureSummary:
         with self._lock:
@@ -729,6 +764,35 @@ class ScriptExecutionService:
     def _check_open(self) -> None:
         if self._closed:
             raise ProcedureError("The script execution service has been shut down")
+        failure = self._supervisor.failure
+        if failure is not None:
+            raise ProcedureError(
+                f"The OET's process supervisor failed ({failure}) and every procedure was "
+                "ended; nothing new can run until the device's Init restarts the service"
+            )
+
+    def _on_supervisor_failure(self, failure: str) -> None:
+        """The supervisor's loop died (its thread): its workers are killed; show every live
+        procedure FAILED, then tell the failure listeners."""
+        now = time.time()
+        with self._lock:
+            live = [p for p, s in self._states.items() if not s.is_final]
+        for pid in live:
+            self._on_state(
+                pid,
+                ProcedureState.FAILED,
+                now,
+                {
+                    "stacktrace": f"The OET's process supervisor failed, so the process of "
+                    f"this procedure was ended; Init the device to restart the service.\n"
+                    f"SupervisorFailed: {failure}"
+                },
+            )
+        for listener in list(self._failure_listeners):
+            try:
+                listener(failure)
+            except Exception:
+                LOGGER.exception("A failure listener failed")
 
     def _record(self, pid: int) -> _Record:
         rec = self._records.get(pid)

@@ -79,7 +79,7 @@ class StatusPipe:
         deadline = time.monotonic() + timeout
         while len(self._buf) < _STATUS.size:
             left = max(0.0, deadline - time.monotonic())
-            if not select.select([self.fd], [], [], left)[0]:
+            if not readable(self.fd, left):
                 if timeout == 0:
                     return None
                 raise LaunchError(f"the fork server did not answer within {timeout:.0f} s")
@@ -166,9 +166,7 @@ class ForkServer:
         return pid, channel, status
 
     def _wait_ready(self) -> None:
-        ready = (
-            self._sock.recv(1) if select.select([self._sock], [], [], LAUNCH_TIMEOUT)[0] else b""
-        )
+        ready = self._sock.recv(1) if readable(self._sock.fileno(), LAUNCH_TIMEOUT) else b""
         if ready != b"R":
             raise LaunchError("the fork server did not start")
         self._ready = True
@@ -245,6 +243,25 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` seconds. poll(), not select(): a server
+    watching hundreds of workers has descriptors above select()'s limit of 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def _wait_readable(fds: list[int]) -> list[int]:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    while True:
+        try:
+            return [fd for fd, _ in poller.poll()]
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+            continue
+
+
 # -- the fork server process ----------------------------------------------------------------
 
 
@@ -259,13 +276,13 @@ def _serve(sock: socket.socket) -> None:
     sock.sendall(b"R")
     try:
         while True:
-            readable = select.select([sock.fileno(), wake_r], [], [])[0]
-            if wake_r in readable:
+            ready = _wait_readable([sock.fileno(), wake_r])
+            if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
                 _reap(status_of)
-            if sock.fileno() in readable:
+            if sock.fileno() in ready:
                 if not _handle_request(sock, status_of, (wake_r, wake_w)):
                     return  # the server has gone
     finally:
@@ -275,18 +292,45 @@ def _serve(sock: socket.socket) -> None:
 
 
 def _reap(status_of: dict[int, int]) -> None:
+    reaped = False
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
+        reaped = True
         fd = status_of.pop(pid, None)
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.write(fd, _STATUS.pack(os.waitstatus_to_exitcode(status)))
             os.close(fd)
+    if reaped:
+        _kill_orphans(status_of)
+
+
+def _kill_orphans(status_of: dict[int, int]) -> None:
+    """Kill every child of this fork server that is not a worker, with all below it.
+
+    The fork server is a child subreaper: when a worker dies without killing what its script
+    started (killed from outside, crashed), those processes are re-parented here, whatever
+    session or group they put themselves in. Each is stopped (SIGSTOP) before its children
+    are looked for, so that none can fork more while the tree is walked; a process that forked
+    just before is found at the next reaping, as its parent's death wakes this loop again.
+    """
+    from ska_oso_oet.procedure import proctree
+
+    for child in proctree.children(os.getpid()):
+        if child in status_of:
+            continue
+        try:
+            os.kill(child, signal.SIGSTOP)
+        except OSError:
+            continue
+        proctree.freeze_and_kill_descendants(child)
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
 
 
 def _handle_request(
@@ -351,6 +395,9 @@ def main(argv: list[str]) -> None:
         except Exception as exc:  # a missing preload module is skipped, not fatal
             print(f"OET fork server: cannot preload {name}: {exc!r}", file=sys.stderr)
     gc.freeze()  # workers then share these pages instead of copying them
+    from ska_oso_oet.procedure import worker
+
+    worker.become_subreaper()  # what a dead worker's script started comes here, to be killed
     _serve(sock)
 
 

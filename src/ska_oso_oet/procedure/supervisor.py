@@ -14,12 +14,12 @@ untrusted data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
 import queue
-import select
 import selectors
 import signal
 import socket
@@ -235,7 +235,7 @@ def _for(request: _LaunchRequest) -> str:
 
 
 def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
+    return launcher.readable(fd, 0)
 
 
 class Supervisor:
@@ -257,8 +257,12 @@ class Supervisor:
         preload_modules: Iterable[str] = (),
         on_update: UpdateCallback | None = None,
         on_output: output.OutputHub | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._output = on_output  # None: workers write to the server's own stdout
+        self._on_failure = on_failure
+        #: why the supervisor's loop died ("Type: message"), None while it is sound
+        self.failure: str | None = None
         self._throttled: set[_Worker] = set()  # workers whose pipes are not read for now
         self._on_state = on_state
         self._on_pubsub = on_pubsub
@@ -415,11 +419,18 @@ class Supervisor:
         """Serve commands, worker messages and worker exits until shut down."""
         try:
             self._loop()
-        except Exception:  # pragma: no cover - a bug here must be loud
+        except Exception as exc:  # a bug here must be loud, and seen by every client
+            self.failure = f"{type(exc).__name__}: {exc}"
             LOGGER.exception("The process supervisor failed; stopping every worker")
             for w in list(self._workers.values()) + list(self._spares):
-                kill_tree(w.os_pid, w.snapshot)
-            raise
+                with contextlib.suppress(Exception):
+                    kill_tree(w.os_pid, w.snapshot)
+            self._close()
+            if self._on_failure is not None:
+                try:
+                    self._on_failure(self.failure)
+                except Exception:
+                    LOGGER.exception("Reporting the supervisor's failure failed")
         finally:
             self._close()
 
@@ -827,6 +838,8 @@ class Supervisor:
 
     def _close(self) -> None:
         with self._post_lock:
+            if self._closed:
+                return  # once: after a failure, before it is reported
             self._closed = True
             self._selector.close()
             os.close(self._wake_r)

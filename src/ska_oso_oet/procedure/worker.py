@@ -512,7 +512,7 @@ def kill_descendants() -> list[int]:
     return proctree.freeze_and_kill_descendants(os.getpid())
 
 
-def _become_subreaper() -> None:
+def become_subreaper() -> None:
     try:
         import ctypes
 
@@ -544,7 +544,7 @@ def worker_process_main(channel_fd: int, name: str, log_fd: int | None = None) -
     # Lead a new process group, so that a stop can kill everything the script started and
     # a Ctrl-C meant for the server's terminal does not reach the script.
     os.setpgid(0, 0)
-    _become_subreaper()
+    become_subreaper()
     # A script's own multiprocessing (e.g. a Pool) forks the worker, as it would fork a
     # plain Python process on Linux: its children then have the script's module, which no
     # other process could import by name.

@@ -8,6 +8,7 @@ business rule lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -20,16 +21,22 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import attribute, command, device_property
 
-from ska_oso_oet.procedure import catalogue, output, settings, ui
-from ska_oso_oet.procedure.application import ProcedureSummary, ScriptExecutionService
+from ska_oso_oet.procedure import catalogue, history, output, settings, ui
+from ska_oso_oet.procedure.application import (
+    ProcedureSummary,
+    ScriptExecutionService,
+    StartProcessCommand,
+    StopProcessCommand,
+)
 from ska_oso_oet.procedure.errors import (
     InvalidArgumentsError,
     ProcedureError,
     UnknownProcedureError,
 )
-from ska_oso_oet.procedure.scripts import FileSystemScript
+from ska_oso_oet.procedure.scripts import FileSystemScript, ProcedureInput
 from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
 from ska_oso_oet.procedure.ui import server as rest
+from ska_oso_oet.tango import face
 from ska_oso_oet.tango.ska import ACCEPTING_MODES, AdminMode, HealthState, SKADevice
 
 LOGGER = logging.getLogger(__name__)
@@ -95,8 +102,17 @@ def _property(name: str) -> Any:
     return device_property(dtype=spec.dtype, default_value=spec.default, doc=spec.doc)
 
 
+@dataclasses.dataclass
+class _Reset:
+    """An event thread item: the list starts again as the new service holds it."""
+
+    summaries: list[ProcedureSummary]
+
+
 class ObservationExecutionTool(SKADevice):
     """Runs observing scripts, each in its own supervised process."""
+
+    _events: queue.SimpleQueue[Any] | None = None  # made at the first init, kept for good
 
     _next_id = 1  # procedure IDs go on increasing across Init
     _catalogue: tuple[list[str], catalogue.Catalogue] | None = None  # ListScripts' (roots, it)
@@ -143,32 +159,51 @@ class ObservationExecutionTool(SKADevice):
         self._rest: rest.RestServer | None = None
         # each procedure's summary as JSON text, and its state: only the changed one is
         # serialised again on a change
-        self._summary_text: dict[int, str] = {}
-        self._states: dict[int, ProcedureState] = {}
-        self._summaries_json = "[]"
+        if self._events is None:  # the first init: the device's one event thread, for good
+            self._summary_text: dict[int, str] = {}
+            self._states: dict[int, ProcedureState] = {}
+            self._summaries_json = "[]"
+            self._face = face.Face()  # typed attributes (procedureChange, procedureIds, ...)
+            self._face_pushed: dict[str, Any] = {}  # the value each last had in an event
+            self._last_output = self._last_message = ""
+            # summaries, output, script messages and resets, pushed in order by one thread
+            self._events = queue.SimpleQueue()
+            self._pusher = threading.Thread(
+                target=self._push_loop, args=(self._events,), name="oet-events", daemon=True
+            )
+            self._pusher.start()
         self._shown: tuple[DevState, str] | None = None  # the State and Status last set
-        # summaries, output batches and script messages, pushed in order by one thread
-        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._last_output = self._last_message = ""
         for name in ("procedureOutput", "procedureMessages"):
+            self.set_change_event(name, True, False)
+            self.set_archive_event(name, True, False)
+        for name in face.ATTRIBUTES:
             self.set_change_event(name, True, False)
             self.set_archive_event(name, True, False)
         for name in ("procedureSummaries", "State", "Status"):
             self.set_change_event(name, True, False)
         self.set_archive_event("procedureSummaries", True, False)
         self.set_change_event("waitForQaReady", True, False)
+        self._store: history.HistoryStore | None = None
         try:
-            self._ses = self._make_service()
+            # what lasts: the ended procedures of earlier runs come back, IDs go on
+            self._store = history.HistoryStore(
+                output.device_data_dir(self.DataDirectory, self.get_name()), self.HistoryLength
+            )
+            loaded = self._store.load()
+            self._ses = self._make_service(loaded)
         except (ValueError, ProcedureError) as exc:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
             self.set_state(DevState.FAULT)
             self.set_status(f"Bad device configuration: {exc}")
             self.set_health(HealthState.FAILED)
             LOGGER.error("Bad device configuration: %s", exc)
             return
-        self._pusher = threading.Thread(target=self._push_loop, name="oet-events", daemon=True)
-        self._pusher.start()
+        self._ses.add_listener(self._store.put)
         self._ses.add_listener(self._events.put)
         self._ses.add_output_listener(self._events.put)
+        self._ses.add_failure_listener(self._events.put)  # after the FAILED summaries
         self._rest = rest.serve(
             self._ses,
             self.RestHost,
@@ -177,17 +212,20 @@ class ObservationExecutionTool(SKADevice):
             refusal=self._refusal,
             name=self.get_name(),
         )
-        self._update_state()
-        # after an Init: tell subscribers that the list starts afresh
-        self.push_change_event("procedureSummaries", self._summaries_json)
-        self.push_archive_event("procedureSummaries", self._summaries_json)
+        # State and Status are right when Init returns (from what the new service holds, not
+        # the queued ends of before); their events follow with the list
+        self._set_state({s.id: s.state for s in loaded.summaries})
+        # the list as it now is, after every event of before the Init (the thread pushes it)
+        self._events.put(_Reset(loaded.summaries))
+        self.set_write_value("waitForQaReady", self._ses.wait_for_qa_ready)
 
-    def _make_service(self) -> ScriptExecutionService:
+    def _make_service(self, loaded: history.Loaded) -> ScriptExecutionService:
         values = {spec.name: getattr(self, spec.tango_name) for spec in settings.SETTINGS}
         abort = values.pop("abort_script")
         return ScriptExecutionService(
             abort_script=FileSystemScript(abort) if abort else None,
-            first_id=self._next_id,
+            first_id=max(self._next_id, loaded.next_id),
+            restored=loaded.summaries,
             **{
                 **values,
                 "script_roots": list(values["script_roots"]),
@@ -199,43 +237,47 @@ class ObservationExecutionTool(SKADevice):
         )
 
     def delete_device(self) -> None:
-        """Init and server shutdown: stop every procedure and push their final states.
+        """Init and server shutdown: stop every procedure; their final states are queued.
 
         Scripts get at most INIT_GRACE seconds after SIGTERM here, so that Init returns
-        within a client's default timeout. The final states are pushed from this thread: the
-        event thread cannot push while Init holds the device.
+        within a client's default timeout. Nothing is pushed from here: the device's one
+        event thread pushes the final states, then the list as the new init has it, in that
+        order, once Init has returned (while Init holds the device a push waits for it).
         """
         if self._rest is not None:
             self._rest.stop()
             self._rest = None
         ses, self._ses = self._ses, None
         if ses is not None:
-            self._events.put(None)
-            self._pusher.join(5)
             ses.shutdown(grace=min(self.StopGracePeriod, INIT_GRACE))
             self._next_id = ses.next_id
-            while not self._events.empty():
-                summary = self._events.get()
-                if isinstance(summary, output.OutputBatch | output.ScriptMessage):
-                    self._push_output(summary)
-                elif summary is not None:
-                    try:
-                        self._publish(summary)
-                    except Exception:
-                        LOGGER.exception("Pushing the end of procedure %s failed", summary.id)
+        if self._store is not None:
+            self._store.close()  # what the shutdown changed is written first
+            self._store = None
+        self.delete_ska()
         super().delete_device()
 
     # -- events --------------------------------------------------------------------------------
 
-    def _push_loop(self) -> None:
-        """Push one event per change, in order, from one omniORB-aware thread."""
+    def _push_loop(self, events: queue.SimpleQueue[Any]) -> None:
+        """Push one event per change, in order, from one omniORB-aware thread: the device's
+        only event thread, from its first init to the end of the server."""
         with tango.EnsureOmniThread():
             while True:
-                summary = self._events.get()
+                summary = events.get()
                 if summary is None:
                     return
+                if isinstance(summary, _Reset):
+                    try:
+                        self._reset(summary.summaries)
+                    except Exception:
+                        LOGGER.exception("Pushing the list after an Init failed")
+                    continue
                 if isinstance(summary, output.OutputBatch | output.ScriptMessage):
                     self._push_output(summary)
+                    continue
+                if isinstance(summary, str):  # the supervisor's failure: State FAULT
+                    self._update_state()
                     continue
                 try:
                     self._publish(summary)
@@ -257,22 +299,59 @@ class ObservationExecutionTool(SKADevice):
         except Exception:
             LOGGER.exception("Procedure %s: pushing its output or message failed", item.id)
 
+    def _reset(self, summaries: list[ProcedureSummary]) -> None:
+        """After an init: the list is what the new service holds (the history it took back)."""
+        self._summary_text.clear()
+        self._states.clear()
+        self._face = face.Face()
+        for summary in summaries:
+            text = self._summary_text[summary.id] = ui.to_json(summary)
+            self._states[summary.id] = summary.state
+            self._face.update(summary, text, None)
+        self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
+        self._set_state()
+        self.push_change_event("procedureSummaries", self._summaries_json)
+        self.push_archive_event("procedureSummaries", self._summaries_json)
+        self._push_face(every=True)
+        self._push_state()
+
     def _publish(self, summary: ProcedureSummary) -> None:
-        self._summary_text[summary.id] = ui.to_json(summary)
+        text = self._summary_text[summary.id] = ui.to_json(summary)
         self._states[summary.id] = summary.state
+        held: set[int] | None = None
         if summary.state.is_final and self._ses is not None:
             held = set(self._ses.procedure_ids())
-            for pid in [p for p in self._summary_text if p not in held]:
+            # the ended procedures the service no longer holds leave the list; this one, if
+            # it is one of them (HistoryLength reached), only after its end has been shown
+            for pid in [p for p in self._summary_text if p not in held and p != summary.id]:
                 del self._summary_text[pid]
                 del self._states[pid]
+        self._face.update(summary, text, held and held | {summary.id})
         self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
         # State is set first, so that a client reacting to the event reads the new one; the
         # change event goes out before anything else, for it is what clients wait for
         changed = self._set_state()
         self.push_change_event("procedureSummaries", self._summaries_json)
         self.push_archive_event("procedureSummaries", self._summaries_json)
+        self._push_face()
         if changed:
             self._push_state()
+        if held is not None and summary.id not in held:  # shown ended: now it goes
+            del self._summary_text[summary.id]
+            del self._states[summary.id]
+            self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
+            self._face.update(summary, text, held)
+
+    def _push_face(self, every: bool = False) -> None:
+        """Change and archive events of the typed attributes whose values changed (``every``:
+        all of them); their values already agree with each other."""
+        for name in face.ATTRIBUTES:
+            value = self._face.value(name)
+            if not every and self._face_pushed.get(name) == value:
+                continue  # an event is a change: none for a value that stayed
+            self._face_pushed[name] = value
+            self.push_change_event(name, value)
+            self.push_archive_event(name, value)
 
     def _update_state(self) -> None:
         if self._set_state():
@@ -283,20 +362,30 @@ class ObservationExecutionTool(SKADevice):
         self.push_change_event("State", self._shown[0])
         self.push_change_event("Status", self._shown[1])
 
-    def _set_state(self) -> bool:
-        """Set State and Status from the procedures and adminMode; True if they changed."""
+    def _set_state(self, states: dict[int, ProcedureState] | None = None) -> bool:
+        """Set State and Status from the procedures (``states``, else those shown) and
+        adminMode; True if they changed."""
         if self._ses is None:
             return False
-        if self._admin_mode not in ACCEPTING_MODES:
+        if self._ses.failure is not None:
+            state = DevState.FAULT
+            status = (
+                f"The process supervisor failed ({self._ses.failure}); every procedure was "
+                "ended and no new one can run: run Init to restart the service"
+            )
+        elif self._admin_mode not in ACCEPTING_MODES:
             state, status = DevState.DISABLE, f"Disabled: adminMode is {self._admin_mode.name}"
         else:
-            running = [p for p, s in self._states.items() if s in ACTIVE_STATES]
+            shown = self._states if states is None else states
+            running = [p for p, s in shown.items() if s in ACTIVE_STATES]
             if running:
                 state = DevState.RUNNING
                 status = f"Running procedure {', '.join(map(str, running))}"
             else:
                 state, status = DevState.ON, "Ready: no procedure is running"
         healthy = HealthState.OK if self._ses.healthy else HealthState.FAILED
+        if healthy is HealthState.OK and self._store is not None and self._store.problem:
+            healthy = HealthState.DEGRADED  # until the next clean start; the log says why
         self.set_health(healthy)
         if (state, status) == self._shown:
             return False
@@ -320,7 +409,7 @@ class ObservationExecutionTool(SKADevice):
         )
 
     def _service(self, accepting: bool = False) -> ScriptExecutionService:
-        if self._ses is None:
+        if self._ses is None or (accepting and self._ses.failure is not None):
             _throw("OET_NotReady", self.get_status(), "ObservationExecutionTool")
         refusal = self._refusal() if accepting else None
         if refusal:
@@ -338,7 +427,7 @@ class ObservationExecutionTool(SKADevice):
     @translate_errors
     def Prepare(self, request: str) -> str:
         ses = self._service(accepting=True)
-        return ui.to_json(ses.prepare(ui.parse_prepare(request)))
+        return ui.to_json(ses.prepare(ui.parse_prepare(face.bare_uri_request(request))))
 
     @command(
         dtype_in=str,
@@ -415,6 +504,44 @@ class ObservationExecutionTool(SKADevice):
         return json.dumps(self._catalogue[1].list())
 
     @command(
+        dtype_in=int,
+        dtype_out=str,
+        doc_in="ID of a READY procedure",
+        doc_out="ProcedureSummary JSON: its main() started with no arguments",
+    )
+    @translate_errors
+    def StartProcedure(self, procedure_id: int) -> str:
+        ses = self._service(accepting=True)
+        return ui.to_json(ses.start(StartProcessCommand(procedure_id, "main", ProcedureInput())))
+
+    @command(
+        dtype_in=int,
+        dtype_out=str,
+        doc_in="ID of the procedure to stop",
+        doc_out="JSON list, as Stop with run_abort false: []",
+    )
+    @translate_errors
+    def StopProcedure(self, procedure_id: int) -> str:
+        ses = self._service()
+        return ui.to_json(ses.stop(StopProcessCommand(procedure_id, run_abort=False)))
+
+    @command(
+        dtype_out=str,
+        doc_out="JSON list of the abort procedures started: every RUNNING or PAUSED procedure "
+        "is stopped as by Stop with run_abort true",
+    )
+    @translate_errors
+    def Abort(self) -> str:
+        ses = self._service()
+        aborts: list[ProcedureSummary] = []
+        for pid in self._face.running:
+            try:
+                aborts.extend(ses.stop(StopProcessCommand(pid, run_abort=True)))
+            except ProcedureError as exc:  # ended meanwhile: nothing to stop
+                LOGGER.info("Abort: procedure %s not stopped: %s", pid, exc)
+        return ui.to_json(aborts)
+
+    @command(
         dtype_in=str,
         dtype_out=str,
         doc_in='{"id": 1, "since": 0}',
@@ -456,6 +583,60 @@ class ObservationExecutionTool(SKADevice):
     )
     def procedureSummaries(self) -> str:
         return self._summaries_json
+
+    @attribute(
+        dtype=str,
+        label="Last change",
+        doc="JSON summary of the procedure that changed last: one event per state or history "
+        "change, in the same order as procedureSummaries, its size whatever the history",
+    )
+    def procedureChange(self) -> str:
+        return self._face.change
+
+    @attribute(
+        dtype=(int,),
+        max_dim_x=face.MAX_PROCEDURES,
+        label="Procedure IDs",
+        doc="The ID of every procedure held, ascending",
+    )
+    def procedureIds(self) -> list[int]:
+        return self._face.ids
+
+    @attribute(
+        dtype=(str,),
+        max_dim_x=face.MAX_PROCEDURES,
+        label="Procedure states",
+        doc="The state of each procedure in procedureIds, by name, in the same order",
+    )
+    def procedureStates(self) -> list[str]:
+        return self._face.states
+
+    @attribute(
+        dtype=(str,),
+        max_dim_x=face.MAX_PROCEDURES,
+        label="Procedure scripts",
+        doc="The script URI of each procedure in procedureIds, in the same order",
+    )
+    def procedureScripts(self) -> list[str]:
+        return self._face.scripts
+
+    @attribute(
+        dtype=(int,),
+        max_dim_x=face.MAX_PROCEDURES,
+        label="Running procedures",
+        doc="IDs of the procedures RUNNING or PAUSED",
+    )
+    def runningProcedureIds(self) -> list[int]:
+        return self._face.running
+
+    @attribute(
+        dtype=str,
+        label="Last failure",
+        doc="'<id> <script file name>: <ExceptionType>: <message>' of the latest FAILED "
+        "procedure; empty if none failed",
+    )
+    def lastFailure(self) -> str:
+        return self._face.last_failure
 
     @attribute(
         dtype=bool,
