@@ -709,6 +709,16 @@ def test_output_kept_by_an_earlier_hub_is_read_back_and_forgotten(tmp_path: path
     later.forget(7)
     assert later.get_output(7)["lines"] == [] and not list((tmp_path / "output").iterdir())
     later.close()
+    # a service that numbers from 1 again (no durable history) writes over an old ID's lines
+    old = output.OutputHub(str(tmp_path), 4096)
+    old.feed(1, "stdout", b"old\n")
+    old.end(1)
+    old.close()
+    again = output.OutputHub(str(tmp_path), 4096)
+    again.feed(1, "stdout", b"new\n")
+    again.end(1)
+    assert [x["text"] for x in again.get_output(1)["lines"]] == ["new"]
+    again.close()
 
 
 # -- from a shell, against a server on a Tango database, as `make run` serves it ---------------

@@ -454,7 +454,10 @@ class _Store:
     """One procedure's lines on disk: two segments at most, the older one deleted whole when
     the newer one fills half the limit."""
 
-    def __init__(self, directory: str, pid: int, limit: int, fresh: bool = True) -> None:
+    def __init__(self, directory: str, pid: int, limit: int, earlier: str = "") -> None:
+        """``earlier``: what to do with segments an earlier service left under this ID:
+        "" (there are none), "remove" or "take" (they are this procedure's, from the durable
+        history)."""
         self.directory = directory
         self.pid = pid
         self.half = max(limit // 2, 1024)
@@ -463,9 +466,9 @@ class _Store:
         self.next_seq = 0  # seq after the last line written
         self._file: Any = None
         self._lock = threading.Lock()
-        if fresh:
-            remove_files(directory, pid)  # an earlier service's lines under this ID
-        else:
+        if earlier == "remove":
+            remove_files(directory, pid)  # another procedure's lines under this ID
+        elif earlier == "take":
             self._take_back()
 
     def _take_back(self) -> None:
@@ -684,6 +687,12 @@ class OutputHub:
         self._temporary = directory if temporary else None
         self.directory = os.path.join(directory, "output")
         os.makedirs(self.directory, exist_ok=True)
+        #: IDs with segments an earlier service left (looked for once, here)
+        self._on_disk = {
+            int(name.split(".", 1)[0])
+            for name in os.listdir(self.directory)
+            if re.fullmatch(r"\d+\.\d+\.jsonl", name)
+        }
         self.limit = limit
         self._procs: dict[int, _Proc] = {}
         self._lock = threading.Lock()
@@ -718,7 +727,9 @@ class OutputHub:
     def _proc(self, pid: int) -> _Proc:
         proc = self._procs.get(pid)
         if proc is None:
-            proc = self._procs[pid] = _Proc(_Store(self.directory, pid, self.limit))
+            earlier = "remove" if pid in self._on_disk else ""
+            self._on_disk.discard(pid)
+            proc = self._procs[pid] = _Proc(_Store(self.directory, pid, self.limit, earlier))
         return proc
 
     def feed(self, pid: int, stream: str, data: bytes, now: float | None = None) -> bool:
@@ -839,9 +850,10 @@ class OutputHub:
         with self._lock:
             proc = self._procs.get(pid)
             if proc is None:  # none written by this service: what an earlier one kept
-                store = _Store(self.directory, pid, self.limit, fresh=False)
-                if not store.segments:
+                if pid not in self._on_disk:
                     return {"id": pid, "lines": [], "next": 0, "dropped": 0}
+                self._on_disk.discard(pid)
+                store = _Store(self.directory, pid, self.limit, earlier="take")
                 proc = self._procs[pid] = _Proc(store, ended=True)
         texts, nxt = proc.store.read(max(0, since), MAX_PAGE_LINES, MAX_PAGE_BYTES)
         dropped = proc.store.first_kept() + proc.lost
@@ -859,7 +871,8 @@ class OutputHub:
         if proc is not None:
             with proc.flush_lock:
                 proc.store.remove()
-        else:
+        elif pid in self._on_disk:
+            self._on_disk.discard(pid)
             remove_files(self.directory, pid)
 
     # -- the batches ---------------------------------------------------------------------------
