@@ -330,13 +330,19 @@ def test_own_topics_are_not_repeated_as_messages(
         def main():
             pub.sendMessage("operator.wait_for_qa_ready.enable", msg_src="script")
             pub.sendMessage("user.script.announce", msg_src="script", msg="mine")
+            pub.sendMessage("user.script.big", msg_src="script", blob="x" * 1_000_000)
         """,
     )
     pid, _ = run(ses, script)
     messages = [i for i in got.items if isinstance(i, output.ScriptMessage)]
-    assert [(m.id, m.topic, m.data) for m in messages] == [
-        (pid, "user.script.announce", {"msg": "mine"})
+    assert [(m.id, m.topic) for m in messages] == [
+        (pid, "user.script.announce"),
+        (pid, "user.script.big"),
     ]
+    assert messages[0].data == {"msg": "mine"}
+    big = messages[1].data  # every client gets it: bounded, saying so
+    assert big["cut"].startswith('{"blob": "xxx') and "1000012 bytes" in big["note"]
+    assert len(messages[1].to_json()) < output.MAX_MESSAGE_BYTES
 
 
 def test_forgotten_procedures_take_their_output_with_them(

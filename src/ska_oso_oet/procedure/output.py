@@ -70,6 +70,8 @@ MAX_PAGE_BYTES = 512 * 1024
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 #: Script messages passed on per procedure and second (more are dropped and counted).
 MAX_MESSAGES_PER_S = 2000
+#: Most bytes of JSON of one script message's data in an event (more: cut, with a note).
+MAX_MESSAGE_BYTES = 256 * 1024
 #: Topics of the OET itself, never passed on as script messages.
 OWN_TOPIC_PREFIXES = ("procedure.", "operator.", "oet.")
 #: The event-stream topic of an output batch.
@@ -839,6 +841,12 @@ class OutputHub:
                 proc.msg_dropped += 1
                 return
         data = {k: v for k, v in kwargs.items() if k != "msg_src"}
+        text = json.dumps(data, default=repr)
+        if len(text) > MAX_MESSAGE_BYTES:  # every client gets it: a bounded event
+            data = {
+                "cut": text[:4096],
+                "note": f"the data had {len(text)} bytes of JSON, more than {MAX_MESSAGE_BYTES}",
+            }
         with proc.flush_lock:
             self._flush_locked(pid, proc)
             self._emit(ScriptMessage(pid, topic, now, kwargs.get("msg_src"), data))
