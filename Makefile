@@ -92,6 +92,7 @@ else
 	$(BIN)/python benchmarks/lifecycle.py
 endif
 	$(BIN)/python benchmarks/face.py
+	$(BIN)/python benchmarks/history.py
 	$(BIN)/python benchmarks/output.py
 
 clean:

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = pathlib.Path(folder)
         (tmp / "trivial.py").write_text("def main():\n    pass\n")
         uri = f"file://{tmp / 'trivial.py'}"
-        port = _free_port()
+        port = free_port()
         tango_host = f"127.0.0.1:{port}"
         env = run.child_env(tango_host)
         started: list[Any] = []
@@ -200,7 +200,7 @@ def print_table(results: dict[int, dict[str, Any]], n: int) -> None:
         print(f"{metric:<{width}} | {value:>12} | {goal}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

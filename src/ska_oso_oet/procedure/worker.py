@@ -204,6 +204,10 @@ class ScriptWorker:
     def run(self) -> None:
         """Entry point in the child process's main thread; never returns."""
         signal.signal(signal.SIGTERM, self.term_handler)
+        # a process the script forks (a multiprocessing.Pool's workers, say) is not the
+        # worker: SIGTERM ends it as it would any Python process, instead of raising
+        # StopScript in code that never expected it (a Pool's terminate() then hung)
+        os.register_at_fork(after_in_child=_default_sigterm)
         scripting.install(self.agent)
         _serialise_topic_creation()
         pub.subscribe(self.republish, pub.ALL_TOPICS)
@@ -460,6 +464,10 @@ def _fence_output() -> None:
     output = sys.modules.get("ska_oso_oet.procedure.output")
     if output is not None:
         output.fence()
+
+
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _serialise_topic_creation() -> None:

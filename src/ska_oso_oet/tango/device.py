@@ -149,6 +149,13 @@ class ObservationExecutionTool(SKADevice):
     RestPrefix = device_property(
         dtype=str, default_value=rest.DEFAULT_PREFIX, doc="Path prefix of the REST API"
     )
+    # The durable history (procedure.history), kept by the device, not a service setting.
+    KeepHistory = device_property(
+        dtype=bool,
+        default_value=True,
+        doc="Keep every summary change in DataDirectory/devices/<device>/history.sqlite and "
+        "take the history back on start and Init (false: the history ends with the service)",
+    )
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -186,10 +193,13 @@ class ObservationExecutionTool(SKADevice):
         self._store: history.HistoryStore | None = None
         try:
             # what lasts: the ended procedures of earlier runs come back, IDs go on
-            self._store = history.HistoryStore(
-                output.device_data_dir(self.DataDirectory, self.get_name()), self.HistoryLength
-            )
-            loaded = self._store.load()
+            loaded = history.Loaded([], 1, [])
+            if self.KeepHistory:
+                self._store = history.HistoryStore(
+                    output.device_data_dir(self.DataDirectory, self.get_name()),
+                    self.HistoryLength,
+                )
+                loaded = self._store.load()
             self._ses = self._make_service(loaded)
         except (ValueError, ProcedureError) as exc:
             if self._store is not None:
@@ -200,7 +210,8 @@ class ObservationExecutionTool(SKADevice):
             self.set_health(HealthState.FAILED)
             LOGGER.error("Bad device configuration: %s", exc)
             return
-        self._ses.add_listener(self._store.put)
+        if self._store is not None:
+            self._ses.add_listener(self._store.put)
         self._ses.add_listener(self._events.put)
         self._ses.add_output_listener(self._events.put)
         self._ses.add_failure_listener(self._events.put)  # after the FAILED summaries
