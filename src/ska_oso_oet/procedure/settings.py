@@ -146,8 +146,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DataDirectory",
         str,
         "",
-        "Where the device keeps what lasts, each device in its own folder: the output of its "
-        "procedures (empty: $OET_DATA_DIR, else ~/.local/share/ska-oso-oet)",
+        "Where the device keeps what lasts, each device in its own folder: its history "
+        "(history.sqlite) and the output of its procedures (empty: $OET_DATA_DIR, else "
+        "~/.local/share/ska-oso-oet)",
     ),
     Setting(
         "output_limit",
