@@ -465,6 +465,9 @@ def test_history_survives_kill_9_of_the_server(oet: Oet) -> None:
     device = oet.proxy()
     kept = {s["id"]: s for s in json.loads(device.Summarise(""))}
     assert kept[ended]["state"] == "COMPLETE"
+    # and what it printed is still there
+    output = json.loads(device.GetOutput(json.dumps({"id": ended, "since": 0})))
+    assert any("Hello, world" in line["text"] for line in output["lines"]), output
     assert [st for st, _ in kept[ended]["history"]["process_states"]][-1] == "COMPLETE"
     for pid, was in ((prepared, "READY"), (running, "RUNNING")):
         assert kept[pid]["state"] == "FAILED"

@@ -205,3 +205,73 @@ def test_kill_9_while_writing_loses_nothing_committed_and_never_corrupts(
         assert ids[:committed] == list(range(1, committed + 1))  # every committed one is back
         assert all(s.state is S.COMPLETE for s in loaded.summaries[:committed])
         assert loaded.next_id >= committed + 1
+
+
+# -- the device's side: a real device in a forked test context --------------------------------
+
+
+def device_context(data: pathlib.Path, devices: list[str]):  # type: ignore[no-untyped-def]
+    from tango.test_context import MultiDeviceTestContext
+
+    from ska_oso_oet.tango.device import ObservationExecutionTool
+    from tests.helpers import SCRIPTS
+
+    props = {"ScriptRoots": [str(SCRIPTS)], "DataDirectory": str(data)}
+    return MultiDeviceTestContext(
+        [{"class": ObservationExecutionTool,
+          "devices": [{"name": name, "properties": props} for name in devices]}],
+        process=True,
+    )  # fmt: skip
+
+
+def _prepare_and_end(proxy, name: str = "hello.py") -> int:  # type: ignore[no-untyped-def]
+    from tests.helpers import SCRIPTS, SummaryEvents
+
+    events = SummaryEvents(proxy)
+    pid = json.loads(proxy.Prepare(f"file://{SCRIPTS}/{name}"))["id"]
+    events.wait_for(pid, {"READY"})
+    proxy.StartProcedure(pid)
+    events.wait_for(pid, {"COMPLETE"})
+    events.close()
+    return int(pid)
+
+
+@pytest.mark.forked
+@pytest.mark.tango
+def test_two_devices_keep_separate_histories(tmp_path: pathlib.Path) -> None:
+    names = ["oet/executor/1", "oet/executor/2"]
+    with device_context(tmp_path, names) as context:
+        one, two = (context.get_device(n) for n in names)
+        first = _prepare_and_end(one)
+        assert json.loads(two.Summarise("")) == []
+    with device_context(tmp_path, names) as context:  # the server started again
+        one, two = (context.get_device(n) for n in names)
+        assert [s["id"] for s in json.loads(one.Summarise(""))] == [first]
+        assert json.loads(two.Summarise("")) == []
+        assert _prepare_and_end(two) == 1  # its own IDs: it never gave one
+        assert _prepare_and_end(one) == first + 1
+    folders = sorted(p.name for p in (tmp_path / "devices").iterdir())
+    assert folders == ["oet.executor.1", "oet.executor.2"]
+
+
+@pytest.mark.forked
+@pytest.mark.tango
+def test_a_corrupt_store_leaves_the_device_degraded_not_down(tmp_path: pathlib.Path) -> None:
+    import tango
+
+    from ska_oso_oet.tango.ska import HealthState
+
+    store = tmp_path / "devices" / "oet.executor.1" / history.FILE_NAME
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"\x00garbage, not a database" * 64)
+    with device_context(tmp_path, ["oet/executor/1"]) as context:
+        device = context.get_device("oet/executor/1")
+        assert device.state() == tango.DevState.ON  # it started, with an empty history
+        assert device.healthState == HealthState.DEGRADED
+        assert json.loads(device.Summarise("")) == []
+        assert _prepare_and_end(device) == 1  # and works
+    assert [p for p in store.parent.iterdir() if ".corrupt-" in p.name]  # kept for a look
+    with device_context(tmp_path, ["oet/executor/1"]) as context:  # the next clean start
+        device = context.get_device("oet/executor/1")
+        assert device.healthState == HealthState.OK
+        assert [s["id"] for s in json.loads(device.Summarise(""))] == [1]
