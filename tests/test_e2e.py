@@ -478,6 +478,66 @@ def test_history_survives_kill_9_of_the_server(oet: Oet) -> None:
     device.StopProcedure(again)
 
 
+# -- (d3) Init on a real server, with another client busy and a script ignoring SIGTERM --------
+
+FINAL_STATES = {"COMPLETE", "STOPPED", "FAILED", "UNKNOWN"}
+
+
+def test_init_of_a_busy_server_keeps_every_event_in_order(oet: Oet) -> None:
+    events = Subscriber(oet.trl)
+    device = oet.proxy()
+    hello, stubborn = uri("hello.py"), f"file://{REPO / 'tests' / 'scripts' / 'stubborn.py'}"
+    done = threading.Event()
+    busy = threading.Event()
+    host, port = run.parse_tango_host(oet.tango_host)
+    db = tango.Database(host, port)
+    db.put_device_property(
+        DEVICE, {"ScriptRoots": [str(SCRIPTS), str(REPO / "tests" / "scripts")]}
+    )
+    device.Init()  # the new ScriptRoots
+    first = json.loads(device.Prepare(hello))["id"]  # a barrier: the subscription carries
+    device.StopProcedure(first)
+    events.wait_for(first, FINAL_STATES)
+
+    def client() -> None:
+        proxy = oet.proxy()
+        own = Subscriber(oet.trl)
+        while not done.is_set():
+            try:
+                pid = json.loads(proxy.Prepare(hello))["id"]
+                proxy.StopProcedure(pid)
+            except tango.DevFailed:
+                continue  # between two services during an Init: refused, fine
+            own.wait_for(pid, FINAL_STATES)
+            busy.set()
+        own.close()
+
+    worker = threading.Thread(target=client, daemon=True)
+    worker.start()
+    try:
+        assert busy.wait(TIMEOUT)
+        for _ in range(2):
+            pid = json.loads(device.Prepare(stubborn))["id"]
+            events.wait_for(pid, "READY")
+            device.StartProcedure(pid)
+            events.wait_for(pid, "RUNNING")
+            device.Init()  # within the client's 3 s, though the script ignores SIGTERM
+            assert events.wait_for(pid, FINAL_STATES)["state"] == "STOPPED"
+    finally:
+        done.set()
+        worker.join(TIMEOUT)
+        db.put_device_property(DEVICE, {"ScriptRoots": [str(SCRIPTS)]})
+        device.Init()
+    final = {s["id"]: s for s in json.loads(device.Summarise("")) if s["id"] > first}
+    for pid, summary in final.items():
+        events.wait_for(pid, FINAL_STATES)
+        history = [st for st, _ in summary["history"]["process_states"]]
+        folded = [st for i, st in enumerate(history) if i == 0 or history[i - 1] != st]
+        assert events.states_seen(pid) == folded, (pid, events.states_seen(pid))
+    assert events.errors == []
+    events.close()
+
+
 # -- (e) the typed attributes, by events, through a lifecycle, a failure and an Abort ----------
 
 FACE = ["procedureChange", "procedureIds", "procedureStates", "procedureScripts",
