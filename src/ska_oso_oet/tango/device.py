@@ -175,6 +175,9 @@ class ObservationExecutionTool(SKADevice):
             self._last_output = self._last_message = ""
             # summaries, output, script messages and resets, pushed in order by one thread
             self._events = queue.SimpleQueue()
+            # set while the device is initialised: between a delete and the next init (an
+            # Init, or the end of the server) the event thread pushes nothing
+            self._live = threading.Event()
             self._pusher = threading.Thread(
                 target=self._push_loop, args=(self._events,), name="oet-events", daemon=True
             )
@@ -229,6 +232,7 @@ class ObservationExecutionTool(SKADevice):
         # the list as it now is, after every event of before the Init (the thread pushes it)
         self._events.put(_Reset(loaded.summaries))
         self.set_write_value("waitForQaReady", self._ses.wait_for_qa_ready)
+        self._live.set()
 
     def _make_service(self, loaded: history.Loaded) -> ScriptExecutionService:
         values = {spec.name: getattr(self, spec.tango_name) for spec in settings.SETTINGS}
@@ -255,6 +259,7 @@ class ObservationExecutionTool(SKADevice):
         event thread pushes the final states, then the list as the new init has it, in that
         order, once Init has returned (while Init holds the device a push waits for it).
         """
+        self._live.clear()  # until the next init: the device may be going away for good
         if self._rest is not None:
             self._rest.stop()
             self._rest = None
@@ -276,6 +281,7 @@ class ObservationExecutionTool(SKADevice):
         with tango.EnsureOmniThread():
             while True:
                 summary = events.get()
+                self._live.wait()  # an item of an Init waits for the new init, never lost
                 if summary is None:
                     return
                 if isinstance(summary, _Reset):

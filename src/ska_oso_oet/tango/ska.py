@@ -119,12 +119,24 @@ class TangoLogHandler(logging.Handler):
 
     def __init__(self, device: Device) -> None:
         super().__init__()
-        self._device = device
+        self._device: Device | None = device
+
+    def detach(self) -> None:
+        """Hand the device nothing more (it is being deleted): a record logged from another
+        thread must not reach a Tango logger that is going away. Waits for one in flight."""
+        self.acquire()  # handle() holds the handler's lock around emit()
+        try:
+            self._device = None
+        finally:
+            self.release()
 
     def emit(self, record: logging.LogRecord) -> None:
+        device = self._device
+        if device is None:
+            return
         try:
             message = self.format(record)
-            logger = self._device.get_logger()
+            logger = device.get_logger()
             levels = _TANGO_LOG_METHODS
             method = next((m for level, m in levels if record.levelno >= level), "debug")
             getattr(logger, method)(message)
@@ -340,6 +352,8 @@ class SKADevice(Device):
         for key, handler in self._handlers.items():
             if handlers.get(key) is not handler:
                 logger.removeHandler(handler)
+                if isinstance(handler, TangoLogHandler):
+                    handler.detach()
                 handler.close()
         for handler in handlers.values():
             if handler not in logger.handlers:
