@@ -8,6 +8,7 @@ import json
 import pathlib
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,6 +39,34 @@ def script(name: str) -> FileSystemScript:
 TIMEOUT = 20
 
 
+def joined(proxy: tango.DeviceProxy) -> None:
+    """Return once events from the device reach this client.
+
+    subscribe_event returns with the attribute's value, but the event channel (ZeroMQ) may
+    join a moment later, and an event pushed in between never arrives: a test counting
+    every state would miss the first. Writing loggingLevel with its own value pushes an
+    event of it; once one arrives, the channel carries the device's events.
+    """
+    arrived = threading.Event()
+    first = [True]
+
+    def callback(event: Any) -> None:
+        if first[0]:  # the value at subscription time comes synchronously
+            first[0] = False
+            return
+        arrived.set()
+
+    event_id = proxy.subscribe_event("loggingLevel", tango.EventType.CHANGE_EVENT, callback)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not arrived.is_set():  # the write that wakes it may itself be missed: repeat
+            assert time.monotonic() < deadline, "no event reaches this client"
+            proxy.write_attribute("loggingLevel", proxy.read_attribute("loggingLevel").value)
+            arrived.wait(0.2)
+    finally:
+        proxy.unsubscribe_event(event_id)
+
+
 class SummaryEvents:
     """Subscribes ``proxy`` to procedureSummaries CHANGE events and keeps every value, parsed,
     in order; waits for them on a condition."""
@@ -50,6 +79,7 @@ class SummaryEvents:
         self._id = proxy.subscribe_event(
             "procedureSummaries", tango.EventType.CHANGE_EVENT, self._callback
         )
+        joined(proxy)
 
     def _callback(self, event: Any) -> None:
         with self._cond:

@@ -29,7 +29,7 @@ import tango
 from ska_oso_oet import run
 from ska_oso_oet.tango.ska import AdminMode, LoggingLevel
 from tests import databases
-from tests.helpers import SummaryEvents
+from tests.helpers import SummaryEvents, joined
 
 pytestmark = pytest.mark.tango
 
@@ -558,6 +558,7 @@ class FaceEvents:
             self.proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, self._callback)
             for name in FACE
         ]
+        joined(self.proxy)
 
     def _callback(self, event: Any) -> None:
         with self._cond:

@@ -16,7 +16,7 @@ from tango.test_context import DeviceTestContext, MultiDeviceTestContext
 
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import LoggingLevel
-from tests.helpers import SCRIPTS, TIMEOUT
+from tests.helpers import SCRIPTS, TIMEOUT, joined
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 
@@ -69,6 +69,7 @@ class Changes:
         self._id = proxy.subscribe_event(
             "procedureChange", tango.EventType.CHANGE_EVENT, self._callback
         )
+        joined(proxy)
 
     def _callback(self, event: Any) -> None:
         if event.err:
