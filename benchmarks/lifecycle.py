@@ -618,6 +618,7 @@ class Bench:
             StopGracePeriod=[str(STOP_GRACE)],
             HistoryLength=[str(HISTORY_LENGTH)],
             MaxRunning=["1"],
+            MaxProcedures=["100"],  # phase 6 holds 50 READY at once (the default is 32)
             SpareWorkers=["1"],
             AllowedGitRepositories=[f"file://{self.tmp}/*"],
             GitCacheDirectory=[str(self.cache)],
