@@ -27,7 +27,7 @@ import pytest
 import tango
 
 from ska_oso_oet import run
-from ska_oso_oet.tango.ska import AdminMode, LoggingLevel
+from ska_oso_oet.tango.ska import AdminMode, HealthState, LoggingLevel
 from tests import databases
 from tests.helpers import SummaryEvents, joined
 
@@ -536,6 +536,78 @@ def test_init_of_a_busy_server_keeps_every_event_in_order(oet: Oet) -> None:
         assert events.states_seen(pid) == folded, (pid, events.states_seen(pid))
     assert events.errors == []
     events.close()
+
+
+# -- (d4) the supervisor's death, in a real server process --------------------------------------
+
+#: Put on the server's PYTHONPATH as sitecustomize: a fault injector for the test, not part of
+#: the OET. When the trigger file appears it hands the service's supervisor a command that
+#: makes its loop raise, as a bug in it would.
+FAULT_INJECTOR = """
+import gc, os, threading, time
+
+def _watch(trigger):
+    while not os.path.exists(trigger):
+        time.sleep(0.05)
+    from ska_oso_oet.procedure import supervisor
+    from ska_oso_oet.procedure.application import ScriptExecutionService
+    for obj in gc.get_objects():
+        if isinstance(obj, ScriptExecutionService) and obj.healthy:
+            obj._supervisor._post(supervisor._Stop([]))
+
+trigger = os.environ.get("OET_TEST_BREAK_SUPERVISOR")
+if trigger:  # in every Python process of the server; only the one with a service acts
+    threading.Thread(target=_watch, args=(trigger,), daemon=True).start()
+"""
+
+
+def test_a_dead_supervisor_shows_fault_at_once_in_a_real_server(
+    oet: Oet, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(FAULT_INJECTOR)
+    trigger = tmp_path / "break-it-now"
+    normal_env = oet.env
+    oet.env = {
+        **normal_env,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), normal_env.get("PYTHONPATH", "")]),
+        "OET_TEST_BREAK_SUPERVISOR": str(trigger),
+    }
+    oet.stop_server()
+    oet.start_server()
+    try:
+        device = oet.proxy()
+        events = Subscriber(oet.trl)
+        faulted = threading.Event()
+
+        def on_state(event: Any) -> None:
+            if not event.err and event.attr_value.value == tango.DevState.FAULT:
+                faulted.set()
+
+        device.subscribe_event("State", tango.EventType.CHANGE_EVENT, on_state)
+        pid = json.loads(device.Prepare(uri("long_running.py")))["id"]
+        events.wait_for(pid, "READY")
+        device.StartProcedure(pid)
+        events.wait_for(pid, "RUNNING")
+        trigger.write_text("now")
+        assert faulted.wait(TIMEOUT), oet.log_tail()  # pushed: no client polls for it
+        failed = events.wait_for(pid, "FAILED")
+        assert "process supervisor failed" in failed["history"]["stacktrace"]
+        assert device.healthState == HealthState.FAILED
+        assert "Init" in device.status()
+        with pytest.raises(tango.DevFailed) as refused:
+            device.Prepare(uri("hello.py"))
+        assert refused.value.args[0].reason == "OET_NotReady"
+        trigger.unlink()
+        device.Init()
+        assert device.state() == tango.DevState.ON
+        again = json.loads(device.Prepare(uri("hello.py")))["id"]
+        events.wait_for(again, "READY")
+        device.StopProcedure(again)
+        events.close()
+    finally:
+        oet.env = normal_env
+        oet.stop_server()
+        oet.start_server()
 
 
 # -- (e) the typed attributes, by events, through a lifecycle, a failure and an Abort ----------
