@@ -610,6 +610,48 @@ def test_a_dead_supervisor_shows_fault_at_once_in_a_real_server(
         oet.start_server()
 
 
+# -- (d5) a real server leaves no orphan when a worker is killed from outside -----------------
+# (300 live procedures at once are tested on the service, tests/test_never_blind.py: through a
+# real server each database would add a minute to the suite)
+
+
+def test_a_real_server_leaves_no_orphan_of_a_worker_killed_from_outside(oet: Oet) -> None:
+    host, port = run.parse_tango_host(oet.tango_host)
+    db = tango.Database(host, port)
+    db.put_device_property(
+        DEVICE, {"ScriptRoots": [str(SCRIPTS), str(REPO / "tests" / "scripts")]}
+    )
+    device = oet.proxy()
+    device.Init()  # the new ScriptRoots
+    events = Subscriber(oet.trl)
+    try:
+        daemon_script = f"file://{REPO / 'tests' / 'scripts' / 'daemonizer.py'}"
+        pid = json.loads(device.Prepare(daemon_script))["id"]
+        events.wait_for(pid, "READY")
+        device.Start(json.dumps({"id": pid, "run_args": {"args": [600], "kwargs": {}}}))
+        events.wait_for(pid, "RUNNING")
+        assert oet.server is not None
+        below = []
+        for proc in psutil.Process(oet.server.pid).children(recursive=True):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    below.append((proc, proc.ppid(), os.getsid(proc.pid)))
+            except (psutil.Error, OSError):
+                pass  # gone meanwhile (the daemon's intermediate parents)
+        # the daemon: in a session of its own, adopted by its worker (a child subreaper)
+        daemons = [p for p, parent, sid in below if sid != os.getsid(parent)]
+        assert len(daemons) == 1, [(p.pid, parent, sid) for p, parent, sid in below]
+        worker = psutil.Process(daemons[0].ppid())
+        worker.kill()  # from outside: the worker cleans up nothing
+        assert events.wait_for(pid, FINAL_STATES)["state"] == "FAILED"
+        _, alive = psutil.wait_procs(daemons, timeout=TIMEOUT)
+        assert alive == []
+    finally:
+        events.close()
+        db.put_device_property(DEVICE, {"ScriptRoots": [str(SCRIPTS)]})
+        device.Init()
+
+
 # -- (e) the typed attributes, by events, through a lifecycle, a failure and an Abort ----------
 
 FACE = ["procedureChange", "procedureIds", "procedureStates", "procedureScripts",
