@@ -178,6 +178,8 @@ class ObservationExecutionTool(SKADevice):
             # set while the device is initialised: between a delete and the next init (an
             # Init, or the end of the server) the event thread pushes nothing
             self._live = threading.Event()
+            self._resets_pending = 0  # Resets queued and not yet pushed
+            self._resets_lock = threading.Lock()
             self._pusher = threading.Thread(
                 target=self._push_loop, args=(self._events,), name="oet-events", daemon=True
             )
@@ -230,6 +232,8 @@ class ObservationExecutionTool(SKADevice):
         # the queued ends of before); their events follow with the list
         self._set_state({s.id: s.state for s in loaded.summaries})
         # the list as it now is, after every event of before the Init (the thread pushes it)
+        with self._resets_lock:
+            self._resets_pending += 1  # until it is pushed, the State set here stands
         self._events.put(_Reset(loaded.summaries))
         self.set_write_value("waitForQaReady", self._ses.wait_for_qa_ready)
         self._live.set()
@@ -285,6 +289,8 @@ class ObservationExecutionTool(SKADevice):
                 if summary is None:
                     return
                 if isinstance(summary, _Reset):
+                    with self._resets_lock:
+                        self._resets_pending -= 1
                     try:
                         self._reset(summary.summaries)
                     except Exception:
@@ -346,8 +352,9 @@ class ObservationExecutionTool(SKADevice):
         self._face.update(summary, text, held and held | {summary.id})
         self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
         # State is set first, so that a client reacting to the event reads the new one; the
-        # change event goes out before anything else, for it is what clients wait for
-        changed = self._set_state()
+        # change event goes out before anything else, for it is what clients wait for. The
+        # ends of before an Init leave State as the Init set it, from the new service.
+        changed = self._set_state() if not self._resets_pending else False
         self.push_change_event("procedureSummaries", self._summaries_json)
         self.push_archive_event("procedureSummaries", self._summaries_json)
         self._push_face()
