@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ska_oso_oet.procedure import history
+from ska_oso_oet.procedure import history, proctree
 from ska_oso_oet.procedure.application import ArgCapture, ProcedureHistory, ProcedureSummary
 from ska_oso_oet.procedure.gitmanager import GitArgs
 from ska_oso_oet.procedure.scripts import FileSystemScript, GitScript, ProcedureInput
@@ -153,7 +153,7 @@ def test_an_unreadable_row_is_skipped_not_fatal(tmp_path: pathlib.Path) -> None:
 
 WRITER = """
 import sys, time
-from ska_oso_oet.procedure import history
+from ska_oso_oet.procedure import history, proctree
 from tests.test_history import made
 from ska_oso_oet.procedure.states import ProcedureState as S
 store = history.HistoryStore(sys.argv[1], history_limit=100000)
@@ -275,3 +275,45 @@ def test_a_corrupt_store_leaves_the_device_degraded_not_down(tmp_path: pathlib.P
         device = context.get_device("oet/executor/1")
         assert device.healthState == HealthState.OK
         assert [s["id"] for s in json.loads(device.Summarise(""))] == [1]
+
+
+def test_a_store_locked_by_another_process_is_left_alone_and_catches_up(
+    tmp_path: pathlib.Path,
+) -> None:
+    store = history.HistoryStore(tmp_path, history_limit=10)
+    store.load()
+    store.put(made(1))
+    store.close()
+    holder = subprocess.Popen(  # another process holds the write lock
+        [sys.executable, "-c",
+         "import sqlite3, sys, time\n"
+         f"db = sqlite3.connect({str(tmp_path / history.FILE_NAME)!r}, isolation_level=None)\n"
+         "db.execute('BEGIN EXCLUSIVE')\n"
+         "print('locked', flush=True)\n"
+         "sys.stdin.readline()\n"
+         "db.execute('ROLLBACK')\n"
+         "print('released', flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = history.HistoryStore(tmp_path, history_limit=10, busy_timeout=0.2)
+        assert [s.id for s in busy.load().summaries] == [1]  # reading works
+        busy.put(made(2))
+        assert busy.flush()
+        assert busy.problem is not None and "cannot be written" in busy.problem
+        assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]  # left alone
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        assert proctree.poll_until(lambda: _ids_on_disk(tmp_path) == [1, 2], 10)  # retried
+        busy.close()
+    finally:
+        holder.communicate("", timeout=20)
+
+
+def _ids_on_disk(folder: pathlib.Path) -> list[int]:
+    with sqlite3.connect(folder / history.FILE_NAME) as db:
+        return sorted(r[0] for r in db.execute("SELECT id FROM summaries"))

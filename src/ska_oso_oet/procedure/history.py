@@ -45,6 +45,7 @@ from ska_oso_oet.procedure.states import ProcedureState
 LOGGER = logging.getLogger(__name__)
 
 FILE_NAME = "history.sqlite"
+RETRY_AFTER = 1.0  # seconds before a failed commit is tried again
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS summaries (
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS meta (
 
 class _Stop:
     """The writer's last item."""
+
+
+def _in_use(exc: BaseException) -> bool:
+    """Whether opening failed because another connection holds a lock (not a damaged file)."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 @dataclasses.dataclass
@@ -129,9 +136,12 @@ def lost(summary: ProcedureSummary, when: float) -> ProcedureSummary:
 class HistoryStore:
     """The durable history of one device (see the module's doc)."""
 
-    def __init__(self, folder: pathlib.Path | str, history_limit: int) -> None:
+    def __init__(
+        self, folder: pathlib.Path | str, history_limit: int, busy_timeout: float = 5.0
+    ) -> None:
         self.path = pathlib.Path(folder) / FILE_NAME
         self.history_limit = history_limit
+        self.busy_timeout = busy_timeout  # seconds to wait for a lock another process holds
         #: why the store is not what it should be (moved aside, unwritable), else None
         self.problem: str | None = None
         self._queue: queue.SimpleQueue[ProcedureSummary | int | threading.Event | _Stop] = (
@@ -146,7 +156,9 @@ class HistoryStore:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, check_same_thread=False, isolation_level=None
+        )
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses no commit
@@ -170,6 +182,15 @@ class HistoryStore:
             return
         except (sqlite3.Error, OSError) as exc:
             first = exc
+        if _in_use(first):
+            # not damaged: another process holds it (a second server for this device?);
+            # leave the file alone and keep this run's history in memory only
+            self.problem = (
+                f"the history store {self.path} is in use by another process ({first}); "
+                "this device keeps its history in memory only until its next start"
+            )
+            LOGGER.error("%s", self.problem)
+            return
         aside = self._move_aside()
         if aside is None:
             self.problem = (
@@ -282,14 +303,18 @@ class HistoryStore:
     def _write_loop(self) -> None:
         from ska_oso_oet.procedure.ui.summary import to_json
 
+        unwritten: dict[int, ProcedureSummary] = {}  # a failed commit's, tried again
         while True:
-            items = [self._queue.get()]
+            try:  # with something unwritten, try again within a second even if all is quiet
+                items = [self._queue.get(timeout=RETRY_AFTER if unwritten else None)]
+            except queue.Empty:
+                items = []
             while True:  # what else has queued meanwhile: one transaction for all of it
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            latest: dict[int, ProcedureSummary] = {}
+            latest = dict(unwritten)
             next_id = self._next_id
             waiting: list[threading.Event] = []
             stop = False
@@ -307,10 +332,14 @@ class HistoryStore:
                 rows = [(pid, int(s.state.is_final), to_json(s)) for pid, s in latest.items()]
                 self._commit(rows, next_id, prune=any(s.state.is_final for s in latest.values()))
                 self._next_id = next_id
-            except Exception as exc:  # a full disk, say: the device goes on, and says so
+                unwritten = {}
+            except Exception as exc:  # a full disk, a lock held elsewhere: go on, and say so
+                unwritten = latest
                 if self.problem is None:
                     self.problem = f"the history store {self.path} cannot be written ({exc})"
-                LOGGER.exception("History store %s: writing failed", self.path)
+                LOGGER.error(
+                    "History store %s: writing failed, will try again: %s", self.path, exc
+                )
             for event in waiting:
                 event.set()
             if stop:
