@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 
 import pytest
 
@@ -15,28 +13,11 @@ from ska_oso_oet.procedure.application import (
     StartProcessCommand,
 )
 from ska_oso_oet.procedure.domain import ProcedureInput, ProcedureState
-from tests.helpers import script
+from tests.helpers import HistoryWaiter, script
 
 S = ProcedureState
 TIMEOUT = 20
 FINAL = [S.COMPLETE, S.FAILED, S.STOPPED]
-
-
-@contextlib.contextmanager
-def ran(ses, pid):
-    """An event set once procedure ``pid`` has run a function to its end (RUNNING, READY)."""
-    done = threading.Event()
-
-    def listener(summary):
-        names = [s.name for s, _ in summary.history.process_states]
-        if summary.id == pid and names[-2:] == ["RUNNING", "READY"]:
-            done.set()
-
-    ses.add_listener(listener)
-    try:
-        yield done
-    finally:
-        ses.remove_listener(listener)
 
 
 def ready(ses, name="styles.py", **init):
@@ -61,9 +42,9 @@ def test_callables_the_script_made_are_started_and_complete(
 ):
     pid = ready(ses, subarray_id=3)
     marker = tmp_path / "called.json"
-    with ran(ses, pid) as done:
+    with HistoryWaiter(ses, pid, ["RUNNING", "READY"]) as ran:  # its function ran to its end
         ses.start(StartProcessCommand(pid, fn, ProcedureInput(str(marker), *args, **kwargs)))
-        assert done.wait(TIMEOUT)
+        ran.wait()
     # main ends the procedure; any other function leaves it READY for more
     final = ses.wait_for_state(pid, FINAL if fn == "main" else [S.READY], TIMEOUT)
     assert final.state is (S.COMPLETE if fn == "main" else S.READY)
@@ -72,9 +53,9 @@ def test_callables_the_script_made_are_started_and_complete(
 
 def test_a_name_in_all_is_allowed_whatever_it_is(ses):
     pid = ready(ses, subarray_id=1)
-    with ran(ses, pid) as done:
+    with HistoryWaiter(ses, pid, ["RUNNING", "READY"]) as ran:
         ses.start(StartProcessCommand(pid, "root", ProcedureInput(16)))
-        assert done.wait(TIMEOUT)
+        ran.wait()
     assert ses.summarise([pid])[0].state is S.READY
 
 
