@@ -423,6 +423,10 @@ def test_prepare_waits_for_ready_and_start_for_running() -> None:
     creating = summary(3, "CREATING")
     assert not cli.reached("prepare", creating, summary(3, "LOADING"))
     assert not cli.reached("prepare", creating, summary(3, "INITIALISING"))
+    assert not cli.reached("prepare", creating, summary(3, "PREP_ENV"))  # a git environment
+    from ska_oso_oet.procedure.states import ProcedureState
+
+    assert {s.name for s in ProcedureState} >= cli.PREPARING  # names the states as they are
     assert cli.reached("prepare", creating, summary(3, "READY"))
     assert cli.reached("prepare", creating, summary(3, "FAILED"))  # an end is an answer too
 

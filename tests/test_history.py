@@ -317,3 +317,31 @@ def test_a_store_locked_by_another_process_is_left_alone_and_catches_up(
 def _ids_on_disk(folder: pathlib.Path) -> list[int]:
     with sqlite3.connect(folder / history.FILE_NAME) as db:
         return sorted(r[0] for r in db.execute("SELECT id FROM summaries"))
+
+
+def test_a_store_that_cannot_be_opened_is_left_as_it_is(tmp_path: pathlib.Path) -> None:
+    (tmp_path / history.FILE_NAME).mkdir()  # cannot be opened, yet not a damaged database
+    (tmp_path / history.FILE_NAME / "keep").write_text("mine")
+    store = history.HistoryStore(tmp_path, history_limit=10)
+    assert store.problem is not None and "left as it is" in store.problem
+    assert store.load().summaries == []
+    store.close()
+    assert (tmp_path / history.FILE_NAME / "keep").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_ids_go_on_even_after_a_damaged_store_was_moved_aside(tmp_path: pathlib.Path) -> None:
+    store = history.HistoryStore(tmp_path, history_limit=10)
+    store.load()
+    for pid in range(1, 6):
+        store.put(made(pid))
+    store.close()
+    (tmp_path / history.FILE_NAME).write_bytes(b"damaged beyond repair" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / (history.FILE_NAME + suffix)).unlink(missing_ok=True)
+    again = history.HistoryStore(tmp_path, history_limit=10)
+    loaded = again.load()
+    again.close()
+    assert again.problem is not None and "moved to" in again.problem
+    assert loaded.summaries == []
+    assert loaded.next_id == 6  # an ID never names two procedures

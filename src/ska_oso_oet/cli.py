@@ -349,7 +349,7 @@ def _positive_id(text: str) -> int:
 #: Seconds ``prepare`` and ``start`` wait by default for READY and RUNNING.
 DEFAULT_WAIT = 60.0
 #: States a procedure passes through before it is READY.
-PREPARING = frozenset({"CREATING", "IDLE", "LOADING", "PREPARING_ENVIRONMENT", "INITIALISING"})
+PREPARING = frozenset({"CREATING", "IDLE", "LOADING", "PREP_ENV", "INITIALISING"})
 
 
 def add_wait_args(p: argparse.ArgumentParser, state: str) -> None:

@@ -366,20 +366,19 @@ class ScriptExecutionService:
             raise ProcedureError("init_args must be a ProcedureInput")
         self._check_size("init", cmd.init_args)
         local_path = self._check_script(cmd.script)
+        return self._prepare(cmd, local_path, bounded=True)
+
+    def _prepare(
+        self, cmd: PrepareProcessCommand, local_path: str | None, bounded: bool = False
+    ) -> ProcedureSummary:
         with self._lock:
+            self._check_open()
             live = sum(1 for state in self._states.values() if not state.is_final)
-            if live >= self.max_procedures:
+            if bounded and live >= self.max_procedures:  # an abort script is never refused
                 raise ProcedureError(
                     f"{live} procedures have not ended, the most allowed (device property "
                     "MaxProcedures): stop one, or start and let it end, then prepare again"
                 )
-        # not under the lock: _prepare dispatches the change, which takes the dispatch lock
-        # first (the supervisor thread holds that while it waits for this lock)
-        return self._prepare(cmd, local_path)
-
-    def _prepare(self, cmd: PrepareProcessCommand, local_path: str | None) -> ProcedureSummary:
-        with self._lock:
-            self._check_open()
             now = time.time()  # before the worker can report IDLE
             pid = self._manager.create(
                 cmd.script,

@@ -64,10 +64,14 @@ class _Stop:
     """The writer's last item."""
 
 
-def _in_use(exc: BaseException) -> bool:
-    """Whether opening failed because another connection holds a lock (not a damaged file)."""
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+def _damaged(exc: BaseException) -> bool:
+    """Whether opening failed because the file is damaged or not a database at all: only then
+    is it moved aside. A lock held elsewhere, too many open files, a full or read-only disk
+    or a permission refused say nothing about the file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
 @dataclasses.dataclass
@@ -150,6 +154,7 @@ class HistoryStore:
         self._db: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._next_id = 1
+        self._next_id_written = 0
         self._open()
 
     # -- opening, and what to do when the file is bad ------------------------------------------
@@ -182,12 +187,12 @@ class HistoryStore:
             return
         except (sqlite3.Error, OSError) as exc:
             first = exc
-        if _in_use(first):
-            # not damaged: another process holds it (a second server for this device?);
+        if not _damaged(first):
+            # not damaged: in use elsewhere, no descriptor left, a disk full or read-only...;
             # leave the file alone and keep this run's history in memory only
             self.problem = (
-                f"the history store {self.path} is in use by another process ({first}); "
-                "this device keeps its history in memory only until its next start"
+                f"the history store {self.path} cannot be opened ({first}); the file is left "
+                "as it is and this device keeps its history in memory only until its next start"
             )
             LOGGER.error("%s", self.problem)
             return
@@ -257,6 +262,7 @@ class HistoryStore:
                 LOGGER.error("%s", self.problem)
                 summaries, lost_ids = [], []
         keep = summaries[-self.history_limit :] if self.history_limit else []
+        next_id = max(next_id, self._read_next_id())  # also after a store was moved aside
         self._next_id = next_id
         self._thread = threading.Thread(target=self._write_loop, name="oet-history", daemon=True)
         self._thread.start()
@@ -345,7 +351,30 @@ class HistoryStore:
             if stop:
                 return
 
+    @property
+    def _next_id_file(self) -> pathlib.Path:
+        """Beside the store, the next ID alone: it outlives a store moved aside."""
+        return self.path.with_name("next_id")
+
+    def _read_next_id(self) -> int:
+        try:
+            return max(1, int(self._next_id_file.read_text().strip()))
+        except (OSError, ValueError):
+            return 1
+
+    def _write_next_id(self, next_id: int) -> None:
+        if next_id <= self._next_id_written:
+            return
+        tmp = self._next_id_file.with_name("next_id.tmp")
+        try:
+            tmp.write_text(f"{next_id}\n")
+            tmp.replace(self._next_id_file)  # whole or not at all
+            self._next_id_written = next_id
+        except OSError as exc:
+            LOGGER.error("History store %s: the next ID cannot be kept: %s", self.path, exc)
+
     def _commit(self, rows: list[tuple[int, int, str]], next_id: int, prune: bool) -> None:
+        self._write_next_id(next_id)
         db = self._db
         if db is None:
             return

@@ -206,7 +206,7 @@ class ObservationExecutionTool(SKADevice):
                 )
                 loaded = self._store.load()
             self._ses = self._make_service(loaded)
-        except (ValueError, ProcedureError) as exc:
+        except (ValueError, ProcedureError, OSError) as exc:  # OSError: the data folder
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -214,7 +214,19 @@ class ObservationExecutionTool(SKADevice):
             self.set_status(f"Bad device configuration: {exc}")
             self.set_health(HealthState.FAILED)
             LOGGER.error("Bad device configuration: %s", exc)
+            # what was queued before (an Init's ends) still goes out, then an empty list
+            with self._resets_lock:
+                self._resets_pending += 1
+            self._events.put(_Reset([]))
+            self._live.set()
             return
+        # State and Status are right when Init returns (from what the new service holds, not
+        # the queued ends of before); their events follow with the list, which is queued
+        # before anything of the new service can be
+        self._set_state({s.id: s.state for s in loaded.summaries})
+        with self._resets_lock:
+            self._resets_pending += 1  # until it is pushed, the State set here stands
+        self._events.put(_Reset(loaded.summaries))
         if self._store is not None:
             self._ses.add_listener(self._store.put)
         self._ses.add_listener(self._events.put)
@@ -228,13 +240,6 @@ class ObservationExecutionTool(SKADevice):
             refusal=self._refusal,
             name=self.get_name(),
         )
-        # State and Status are right when Init returns (from what the new service holds, not
-        # the queued ends of before); their events follow with the list
-        self._set_state({s.id: s.state for s in loaded.summaries})
-        # the list as it now is, after every event of before the Init (the thread pushes it)
-        with self._resets_lock:
-            self._resets_pending += 1  # until it is pushed, the State set here stands
-        self._events.put(_Reset(loaded.summaries))
         self.set_write_value("waitForQaReady", self._ses.wait_for_qa_ready)
         self._live.set()
 
@@ -300,7 +305,10 @@ class ObservationExecutionTool(SKADevice):
                     self._push_output(summary)
                     continue
                 if isinstance(summary, str):  # the supervisor's failure: State FAULT
-                    self._update_state()
+                    try:
+                        self._update_state()
+                    except Exception:  # this thread must live on, whatever one push did
+                        LOGGER.exception("Pushing the supervisor's failure failed")
                     continue
                 try:
                     self._publish(summary)
@@ -349,7 +357,7 @@ class ObservationExecutionTool(SKADevice):
             for pid in [p for p in self._summary_text if p not in held and p != summary.id]:
                 del self._summary_text[pid]
                 del self._states[pid]
-        self._face.update(summary, text, held and held | {summary.id})
+        self._face.update(summary, text, None if held is None else held | {summary.id})
         self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
         # State is set first, so that a client reacting to the event reads the new one; the
         # change event goes out before anything else, for it is what clients wait for. The
@@ -558,7 +566,8 @@ class ObservationExecutionTool(SKADevice):
     def Abort(self) -> str:
         ses = self._service()
         aborts: list[ProcedureSummary] = []
-        for pid in self._face.running:
+        # what the service holds now, not what the events have shown so far
+        for pid in [s.id for s in ses.summarise() if s.state in ACTIVE_STATES]:
             try:
                 aborts.extend(ses.stop(StopProcessCommand(pid, run_abort=True)))
             except ProcedureError as exc:  # ended meanwhile: nothing to stop
@@ -624,7 +633,7 @@ class ObservationExecutionTool(SKADevice):
         doc="The ID of every procedure held, ascending",
     )
     def procedureIds(self) -> list[int]:
-        return self._face.ids
+        return list(self._face.ids)
 
     @attribute(
         dtype=(str,),
@@ -633,7 +642,7 @@ class ObservationExecutionTool(SKADevice):
         doc="The state of each procedure in procedureIds, by name, in the same order",
     )
     def procedureStates(self) -> list[str]:
-        return self._face.states
+        return list(self._face.states)
 
     @attribute(
         dtype=(str,),
@@ -642,7 +651,7 @@ class ObservationExecutionTool(SKADevice):
         doc="The script URI of each procedure in procedureIds, in the same order",
     )
     def procedureScripts(self) -> list[str]:
-        return self._face.scripts
+        return list(self._face.scripts)
 
     @attribute(
         dtype=(int,),
@@ -651,7 +660,7 @@ class ObservationExecutionTool(SKADevice):
         doc="IDs of the procedures RUNNING or PAUSED",
     )
     def runningProcedureIds(self) -> list[int]:
-        return self._face.running
+        return list(self._face.running)
 
     @attribute(
         dtype=str,

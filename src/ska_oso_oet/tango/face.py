@@ -87,47 +87,43 @@ class _Held:
 
 
 class Face:
-    """The values of the typed attributes, kept up to date one summary at a time."""
+    """The values of the typed attributes, kept up to date one summary at a time.
+
+    Only the event thread calls :meth:`update`; attribute reads come from Tango's threads, so
+    each value is an immutable snapshot, replaced whole."""
 
     def __init__(self) -> None:
         self.change = ""
         self.last_failure = ""
         self._held: dict[int, _Held] = {}
+        self.ids: tuple[int, ...] = ()
+        self.states: tuple[str, ...] = ()
+        self.scripts: tuple[str, ...] = ()
+        self.running: tuple[int, ...] = ()
 
     def update(self, summary: ProcedureSummary, text: str, held: set[int] | None) -> None:
         """Take in ``summary`` (whose JSON is ``text``); ``held``, when given, is every ID the
         service still holds (the others are forgotten)."""
-        self.change = text
         self._held[summary.id] = _Held(summary.state, summary.script.script_uri)
         if held is not None:
             for pid in [p for p in self._held if p not in held]:
                 del self._held[pid]
         if summary.state is ProcedureState.FAILED:
             self.last_failure = failure_line(summary)
-
-    @property
-    def ids(self) -> list[int]:
-        return sorted(self._held)
-
-    @property
-    def states(self) -> list[str]:
-        return [self._held[p].state.name for p in self.ids]
-
-    @property
-    def scripts(self) -> list[str]:
-        return [self._held[p].script_uri for p in self.ids]
-
-    @property
-    def running(self) -> list[int]:
-        return [p for p in self.ids if self._held[p].state in ACTIVE_STATES]
+        ids = tuple(sorted(self._held))
+        self.states = tuple(self._held[p].state.name for p in ids)
+        self.scripts = tuple(self._held[p].script_uri for p in ids)
+        self.running = tuple(p for p in ids if self._held[p].state in ACTIVE_STATES)
+        self.ids = ids
+        self.change = text
 
     def value(self, name: str) -> Any:
         """The value of attribute ``name`` (one of :data:`ATTRIBUTES`)."""
         return {
             "procedureChange": lambda: self.change,
-            "procedureIds": lambda: self.ids,
-            "procedureStates": lambda: self.states,
-            "procedureScripts": lambda: self.scripts,
-            "runningProcedureIds": lambda: self.running,
+            "procedureIds": lambda: list(self.ids),
+            "procedureStates": lambda: list(self.states),
+            "procedureScripts": lambda: list(self.scripts),
+            "runningProcedureIds": lambda: list(self.running),
             "lastFailure": lambda: self.last_failure,
         }[name]()

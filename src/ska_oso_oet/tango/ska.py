@@ -65,6 +65,9 @@ _TANGO_LOG_METHODS = (
     (logging.DEBUG, "debug"),
 )
 
+#: Seconds a syslog::tcp:// target may take to accept the connection when it is set.
+SYSLOG_CONNECT_TIMEOUT = 2.0
+
 #: SKA's bound on loggingTargets, and its default (the Tango Logging Service).
 MAX_LOGGING_TARGETS = 4
 DEFAULT_LOGGING_TARGETS = ("tango::logger",)
@@ -158,8 +161,11 @@ def make_handler(kind: str, name: str, device: Device) -> logging.Handler | None
         else:
             import socket
 
+            address = (url.hostname or "127.0.0.1", url.port or 514)
+            if url.scheme == "tcp":  # a host that does not answer must not hold the device
+                socket.create_connection(address, timeout=SYSLOG_CONNECT_TIMEOUT).close()
             handler = logging.handlers.SysLogHandler(
-                address=(url.hostname or "127.0.0.1", url.port or 514),
+                address=address,
                 socktype=socket.SOCK_STREAM if url.scheme == "tcp" else socket.SOCK_DGRAM,
             )
     elif kind == "tango":
@@ -329,16 +335,23 @@ class SKADevice(Device):
         parsed = [parse_logging_target(t) for t in wanted]
         names = [f"{kind}::{name}" for kind, name in parsed]
         handlers = {key: handler for key, handler in self._handlers.items() if key in names}
-        for (kind, name), key in zip(parsed, names, strict=True):
-            if key not in handlers:
-                try:
-                    handler = make_handler(kind, name, self)
-                except OSError as exc:
-                    raise ValueError(f"{key}: {exc}") from exc
-                if handler is not None:
-                    handlers[key] = handler
-        tango_targets = [key for key in names if key.startswith("device::")]
-        self._add_tango_targets([t for t in tango_targets if t not in self._tango_targets])
+        made: list[logging.Handler] = []
+        try:
+            for (kind, name), key in zip(parsed, names, strict=True):
+                if key not in handlers:
+                    try:
+                        handler = make_handler(kind, name, self)
+                    except OSError as exc:
+                        raise ValueError(f"{key}: {exc}") from exc
+                    if handler is not None:
+                        handlers[key] = handler
+                        made.append(handler)
+            tango_targets = [key for key in names if key.startswith("device::")]
+            self._add_tango_targets([t for t in tango_targets if t not in self._tango_targets])
+        except ValueError:
+            for handler in made:  # nothing changed: what was opened for it is closed
+                handler.close()
+            raise
         if tango_targets and "tango::logger" not in handlers:
             # records reach a log consumer device through the Tango Logging Service
             handlers["tango::logger"] = make_handler("tango", "logger", self)  # type: ignore[assignment]
