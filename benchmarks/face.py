@@ -18,9 +18,7 @@ It prints one table and exits 0; a missed goal shows as ``NO``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pathlib
 import queue
 import statistics
@@ -29,14 +27,11 @@ import tempfile
 import time
 from typing import Any
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import tango  # noqa: E402
+import tango
+from servers import iterations, oet_servers, print_table
 
-from ska_oso_oet import run  # noqa: E402
-
-DEVICE = "oet/executor/1"
 HELD = 100
 GOAL_RATIO = 1.2
 
@@ -90,54 +85,15 @@ def median(values: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", default=bool(os.environ.get("BENCH_QUICK"))
-    )
-    args = parser.parse_args(argv)
-    n = 5 if args.quick else 30
+    n = iterations(__doc__ or "", 30, argv)
     with tempfile.TemporaryDirectory(prefix="oet-face-bench-") as folder:
         tmp = pathlib.Path(folder)
         (tmp / "trivial.py").write_text("def main():\n    pass\n")
-        uri = f"file://{tmp / 'trivial.py'}"
-        port = free_port()
-        tango_host = f"127.0.0.1:{port}"
-        env = run.child_env(tango_host)
-        started: list[Any] = []
-        with open(tmp / "db.log", "wb") as db_log, open(tmp / "server.log", "wb") as log:
-            try:
-                started.append(
-                    run.start_database("127.0.0.1", port, tmp / "db.sqlite", log=db_log)
-                )
-                # two servers side by side: oet/executor/1 keeps no ended procedure, /2 keeps 100
-                config = run.load_config(repo=REPO, devices=2)
-                for instance, history in (("1", "0"), ("2", "150")):
-                    name = f"oet/executor/{instance}"
-                    props = config["servers"]["ObservationExecutionTool"][instance][
-                        "ObservationExecutionTool"
-                    ][name]["properties"]
-                    props.update(
-                        {
-                            "ScriptRoots": [str(tmp)],
-                            "HistoryLength": [history],
-                            "MaxRunning": ["1"],
-                            "AbortScript": [],
-                            "PreloadModules": [],
-                        }
-                    )
-                run.register(config, tango_host)
-                proxies = []
-                for instance in (1, 2):
-                    server = run.start_server(instance, env, log=log)
-                    started.append(server)
-                    name = f"oet/executor/{instance}"
-                    run.wait_for_device(name, 60, tango_host=tango_host, proc=server)
-                    proxies.append(tango.DeviceProxy(f"tango://{tango_host}/{name}"))
-                rows = measure(proxies, uri, n)
-            finally:
-                for proc in reversed(started):
-                    run.stop_process(proc)
-    print_table(rows, n)
+        # two servers side by side: oet/executor/1 keeps no ended procedure, /2 keeps 100
+        devices = [{"HistoryLength": ["0"]}, {"HistoryLength": ["150"]}]
+        with oet_servers(tmp, devices) as servers:
+            rows = measure(servers.proxies, f"file://{tmp / 'trivial.py'}", n)
+    report(rows, n)
     return 0
 
 
@@ -170,7 +126,7 @@ def measure(proxies: list[tango.DeviceProxy], uri: str, n: int) -> dict[int, dic
     }
 
 
-def print_table(results: dict[int, dict[str, Any]], n: int) -> None:
+def report(results: dict[int, dict[str, Any]], n: int) -> None:
     empty, full = results[0], results[HELD]
     rows = [
         ("procedureSummaries event, 0 ended held", f"{empty['summaries_bytes']} B", ""),
@@ -192,20 +148,7 @@ def print_table(results: dict[int, dict[str, Any]], n: int) -> None:
                 f"{ratio:.2f}x of 0 held (goal <= {GOAL_RATIO}x): {met}",
             )
         )
-    width = max(len(r[0]) for r in rows)
-    print(f"\nOperator face ({time.strftime('%Y-%m-%d')}, n={n})")
-    print(f"{'metric':<{width}} | {'value':>12} | goal")
-    print(f"{'-' * width}-+-{'-' * 12}-+-----")
-    for metric, value, goal in rows:
-        print(f"{metric:<{width}} | {value:>12} | {goal}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    print_table(f"Operator face ({time.strftime('%Y-%m-%d')}, n={n})", rows)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ event with the state, as a client sees it. The goal: with the store, within 1.1x
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
 import statistics
 import sys
@@ -21,68 +19,26 @@ import tempfile
 import time
 from typing import Any
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import tango  # noqa: E402
-from face import ChangeListener, free_port, lifecycle  # noqa: E402
-
-from ska_oso_oet import run  # noqa: E402
+import tango
+from face import ChangeListener, lifecycle
+from servers import iterations, oet_servers, print_table
 
 GOAL_RATIO = 1.1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", default=bool(os.environ.get("BENCH_QUICK"))
-    )
-    args = parser.parse_args(argv)
-    n = 5 if args.quick else 40
+    n = iterations(__doc__ or "", 40, argv)
     with tempfile.TemporaryDirectory(prefix="oet-history-bench-") as folder:
         tmp = pathlib.Path(folder)
         (tmp / "trivial.py").write_text("def main():\n    pass\n")
-        uri = f"file://{tmp / 'trivial.py'}"
-        port = free_port()
-        tango_host = f"127.0.0.1:{port}"
-        env = {**run.child_env(tango_host), "OET_DATA_DIR": str(tmp / "data")}
-        started: list[Any] = []
-        with open(tmp / "db.log", "wb") as db_log, open(tmp / "server.log", "wb") as log:
-            try:
-                started.append(
-                    run.start_database("127.0.0.1", port, tmp / "db.sqlite", log=db_log)
-                )
-                config = run.load_config(repo=REPO, devices=2)
-                for instance, keep in (("1", "true"), ("2", "false")):
-                    name = f"oet/executor/{instance}"
-                    props = config["servers"]["ObservationExecutionTool"][instance][
-                        "ObservationExecutionTool"
-                    ][name]["properties"]
-                    props.update(
-                        {
-                            "ScriptRoots": [str(tmp)],
-                            "KeepHistory": [keep],
-                            "MaxRunning": ["1"],
-                            "AbortScript": [],
-                            "PreloadModules": [],
-                        }
-                    )
-                run.register(config, tango_host)
-                proxies = []
-                for instance in (1, 2):
-                    server = run.start_server(instance, env, log=log)
-                    started.append(server)
-                    name = f"oet/executor/{instance}"
-                    run.wait_for_device(name, 60, tango_host=tango_host, proc=server)
-                    proxies.append(tango.DeviceProxy(f"tango://{tango_host}/{name}"))
-                results = measure(proxies, uri, n)
-                stored = tmp / "data" / "devices" / "oet.executor.1" / "history.sqlite"
-                results["stored"] = stored.exists()
-            finally:
-                for proc in reversed(started):
-                    run.stop_process(proc)
-    print_table(results, n)
+        devices = [{"KeepHistory": ["true"]}, {"KeepHistory": ["false"]}]
+        with oet_servers(tmp, devices, env={"OET_DATA_DIR": str(tmp / "data")}) as servers:
+            results = measure(servers.proxies, f"file://{tmp / 'trivial.py'}", n)
+        stored = tmp / "data" / "devices" / "oet.executor.1" / "history.sqlite"
+        results["stored"] = stored.exists()
+    report(results, n)
     return 0
 
 
@@ -99,7 +55,7 @@ def measure(proxies: list[tango.DeviceProxy], uri: str, n: int) -> dict[str, Any
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def print_table(results: dict[str, Any], n: int) -> None:
+def report(results: dict[str, Any], n: int) -> None:
     ratio = results["on"] / results["off"] if results["off"] else float("nan")
     met = "yes" if ratio <= GOAL_RATIO else "NO"
     rows = [
@@ -111,12 +67,7 @@ def print_table(results: dict[str, Any], n: int) -> None:
         ),
         ("history.sqlite written", "yes" if results["stored"] else "NO", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\nHistory that lasts ({time.strftime('%Y-%m-%d')}, n={n})")
-    print(f"{'metric':<{width}} | {'value':>12} | goal")
-    print(f"{'-' * width}-+-{'-' * 12}-+-----")
-    for metric, value, goal in rows:
-        print(f"{metric:<{width}} | {value:>12} | {goal}")
+    print_table(f"History that lasts ({time.strftime('%Y-%m-%d')}, n={n})", rows)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ It prints one table and exits 0; a missed goal shows as ``NO``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pathlib
 import queue
 import statistics
@@ -37,15 +35,12 @@ import threading
 import time
 from typing import Any
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import psutil  # noqa: E402
-import tango  # noqa: E402
+import psutil
+import tango
+from servers import iterations, oet_servers
 
-from ska_oso_oet import run  # noqa: E402
-
-DEVICE = "oet/executor/1"
 FLOOD_S = 2.0
 LATENCY_GOAL_MS = 60.0
 RATIO_GOAL = 1.5
@@ -216,47 +211,14 @@ def measure(proxy: tango.DeviceProxy, server_pid: int, tmp: pathlib.Path, n: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", default=bool(os.environ.get("BENCH_QUICK"))
-    )
-    args = parser.parse_args(argv)
-    n = 5 if args.quick else 20
+    n = iterations(__doc__ or "", 20, argv)
     with tempfile.TemporaryDirectory(prefix="oet-output-bench-") as folder:
         tmp = pathlib.Path(folder)
         for name, text in SCRIPTS.items():
             (tmp / name).write_text(text)
-        port = _free_port()
-        tango_host = f"127.0.0.1:{port}"
-        env = run.child_env(tango_host)
-        started: list[Any] = []
-        with open(tmp / "db.log", "wb") as db_log, open(tmp / "server.log", "wb") as log:
-            try:
-                started.append(
-                    run.start_database("127.0.0.1", port, tmp / "db.sqlite", log=db_log)
-                )
-                config = run.load_config(repo=REPO, devices=1)
-                props = config["servers"]["ObservationExecutionTool"]["1"][
-                    "ObservationExecutionTool"
-                ][DEVICE]["properties"]
-                props.update(
-                    {
-                        "ScriptRoots": [str(tmp)],
-                        "DataDirectory": [str(tmp / "data")],
-                        "MaxRunning": ["2"],
-                        "AbortScript": [],
-                        "PreloadModules": [],
-                    }
-                )
-                run.register(config, tango_host)
-                server = run.start_server(1, {**env, "OET_REST_PORT": "0"}, log=log)
-                started.append(server)
-                run.wait_for_device(DEVICE, 60, tango_host=tango_host, proc=server)
-                proxy = tango.DeviceProxy(f"tango://{tango_host}/{DEVICE}")
-                rows = measure(proxy, server.pid, tmp, n)
-            finally:
-                for proc in reversed(started):
-                    run.stop_process(proc)
+        devices = [{"DataDirectory": [str(tmp / "data")], "MaxRunning": ["2"]}]
+        with oet_servers(tmp, devices, env={"OET_REST_PORT": "0"}) as servers:
+            rows = measure(servers.proxies[0], servers.processes[0].pid, tmp, n)
     width = max(len(r[0]) for r in rows)
     print(f"\nScript output ({time.strftime('%Y-%m-%d')}, n={n}, flood {FLOOD_S:g} s)")
     print(f"{'metric':<{width}} | {'n':>3} | {'value':>12} | goal / note")
@@ -264,14 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     for metric, value, goal, count in rows:
         print(f"{metric:<{width}} | {count:>3} | {value:>12} | {goal}")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":
