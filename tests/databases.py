@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tests.helpers import free_port
 
 DATABASEDS = pathlib.Path("/usr/lib/tango/DataBaseds")
 #: The package's install script: it sources create_db_tables.sql and stored_proc.sql, then
@@ -55,12 +56,6 @@ def missing() -> str | None:
             f"(apt-get install {PACKAGES}) to run the end-to-end tests on the C++ Tango database"
         )
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import subprocess
 import threading
 import time
@@ -37,6 +38,27 @@ def script(name: str) -> FileSystemScript:
 
 
 TIMEOUT = 20
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def device_properties(tmp_path: pathlib.Path, **more: Any) -> dict[str, Any]:
+    """Properties of a test device: the test scripts and ``tmp_path`` as ScriptRoots, and an
+    abort script of its own in ``tmp_path``; ``more`` adds or overrides."""
+    (tmp_path / "abort.py").write_text(
+        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
+    )
+    return {
+        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
+        "AbortScript": f"file://{tmp_path}/abort.py",
+        "StopGracePeriod": 1.0,
+        **more,
+    }
 
 
 def joined(proxy: tango.DeviceProxy) -> None:

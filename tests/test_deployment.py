@@ -26,7 +26,6 @@ import posixpath
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ import tango
 import yaml
 
 from ska_oso_oet import __version__, run
+from tests.helpers import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ska-oso-oet"
@@ -45,12 +45,6 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCS = REPO / "docs" / "deployment.md"
 BIN = pathlib.Path(sys.executable).parent
 TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def values() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from tango.test_context import DeviceTestContext
 
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode, HealthState
-from tests.helpers import SCRIPTS, SummaryEvents
+from tests.helpers import SCRIPTS, SummaryEvents, device_properties
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 
@@ -23,16 +23,10 @@ FINAL = {"COMPLETE", "STOPPED", "FAILED"}
 
 @pytest.fixture
 def device(tmp_path) -> Iterator[tango.DeviceProxy]:
-    (tmp_path / "abort.py").write_text(
-        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
-    )
-    properties = {
-        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
-        "AbortScript": f"file://{tmp_path}/abort.py",
-        "StopGracePeriod": 1.0,
-    }
     with DeviceTestContext(
-        ObservationExecutionTool, device_name="oet/executor/1", properties=properties
+        ObservationExecutionTool,
+        device_name="oet/executor/1",
+        properties=device_properties(tmp_path),
     ) as proxy:
         yield proxy
 

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ import tango
 from ska_oso_oet import run
 from ska_oso_oet.tango.ska import AdminMode, HealthState, LoggingLevel
 from tests import databases
-from tests.helpers import SummaryEvents, joined
+from tests.helpers import SummaryEvents, free_port, joined
 
 pytestmark = pytest.mark.tango
 
@@ -51,12 +50,6 @@ WITH_INIT = [
     "COMPLETE",
 ]
 STOPPED_NO_INIT = ["CREATING", "IDLE", "LOADING", "IDLE", "READY", "RUNNING", "STOPPED"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def uri(name: str) -> str:

@@ -21,7 +21,7 @@ from ska_oso_oet.procedure.application import (
 from ska_oso_oet.procedure.domain import GitScript, ProcedureInput, ProcedureState
 from ska_oso_oet.procedure.gitmanager import GitArgs
 from ska_oso_oet.testing import make_wheel
-from tests.helpers import TIMEOUT, Repo, states
+from tests.helpers import TIMEOUT, Repo, free_port, states
 
 S = ProcedureState
 FINAL = [S.COMPLETE, S.STOPPED, S.FAILED]
@@ -163,12 +163,6 @@ def silent_server() -> Iterator[int]:
     for conn in held:
         conn.close()
     server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unreachable_repository_fails_naming_it_and_the_cause(git_ses):

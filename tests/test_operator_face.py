@@ -16,7 +16,7 @@ from tango.test_context import DeviceTestContext, MultiDeviceTestContext
 
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import LoggingLevel
-from tests.helpers import SCRIPTS, TIMEOUT, joined
+from tests.helpers import SCRIPTS, TIMEOUT, device_properties, joined
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 
@@ -34,24 +34,12 @@ def uri(name: str) -> str:
     return f"file://{SCRIPTS / name}"
 
 
-def properties(tmp_path: pathlib.Path, **more: Any) -> dict[str, Any]:
-    (tmp_path / "abort.py").write_text(
-        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
-    )
-    return {
-        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
-        "AbortScript": f"file://{tmp_path}/abort.py",
-        "StopGracePeriod": 1.0,
-        **more,
-    }
-
-
 @pytest.fixture
 def device(tmp_path: pathlib.Path) -> Iterator[tango.DeviceProxy]:
     with DeviceTestContext(
         ObservationExecutionTool,
         device_name="oet/executor/1",
-        properties=properties(tmp_path, MaxRunning=2),
+        properties=device_properties(tmp_path, MaxRunning=2),
     ) as proxy:
         yield proxy
 
@@ -334,7 +322,7 @@ class LogConsumer(Device):
 def test_a_device_target_reaches_a_tango_log_consumer(tmp_path: pathlib.Path) -> None:
     devices = [
         {"class": ObservationExecutionTool,
-         "devices": [{"name": "oet/executor/1", "properties": properties(tmp_path)}]},
+         "devices": [{"name": "oet/executor/1", "properties": device_properties(tmp_path)}]},
         {"class": LogConsumer, "devices": [{"name": "test/logconsumer/1"}]},
     ]  # fmt: skip
     with MultiDeviceTestContext(devices, process=False) as context:

@@ -27,7 +27,7 @@ from ska_oso_oet.procedure.ui import rest, server
 from ska_oso_oet.procedure.ui.models import StopResultModel, SummaryModel
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode
-from tests.helpers import SCRIPTS, SummaryEvents
+from tests.helpers import SCRIPTS, SummaryEvents, device_properties, free_port
 
 TIMEOUT = 20.0
 PREFIX = "/oet/api/v7"
@@ -37,12 +37,6 @@ WITH_INIT = [
     "CREATING", "IDLE", "LOADING", "IDLE", "INITIALISING", "READY", "RUNNING", "READY",
     "COMPLETE",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def script(name: str) -> dict[str, str]:
@@ -174,19 +168,14 @@ class Oet:
         self.http.close()
 
 
-def device_properties(tmp_path: Any, port: int, **more: Any) -> dict[str, Any]:
-    (tmp_path / "abort.py").write_text(
-        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
-    )
-    return {
-        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
-        "AbortScript": f"file://{tmp_path}/abort.py",
-        "StopGracePeriod": 1.0,
-        "RestPort": port,
-        "RestHost": "127.0.0.1",
-        "MaxArgumentSize": 2 * rest.MAX_BODY,  # the body limit is what these tests try
+def rest_properties(tmp_path: Any, port: int, **more: Any) -> dict[str, Any]:
+    return device_properties(
+        tmp_path,
+        RestPort=port,
+        RestHost="127.0.0.1",
+        MaxArgumentSize=2 * rest.MAX_BODY,  # the body limit is what these tests try
         **more,
-    }
+    )
 
 
 @pytest.fixture
@@ -195,7 +184,7 @@ def oet(tmp_path: Any) -> Iterator[Oet]:
     with DeviceTestContext(
         ObservationExecutionTool,
         device_name="oet/executor/1",
-        properties=device_properties(tmp_path, port),
+        properties=rest_properties(tmp_path, port),
     ) as proxy:
         client = Oet(proxy, port)
         try:
@@ -471,7 +460,7 @@ def test_a_busy_port_does_not_stop_the_device(tmp_path: Any, caplog: Any) -> Non
         with DeviceTestContext(
             ObservationExecutionTool,
             device_name="oet/executor/1",
-            properties=device_properties(tmp_path, port),
+            properties=rest_properties(tmp_path, port),
         ) as proxy:
             assert proxy.state() == tango.DevState.ON
             events = SummaryEvents(proxy)
@@ -488,7 +477,7 @@ def test_a_busy_port_does_not_stop_the_device(tmp_path: Any, caplog: Any) -> Non
 def test_rest_is_off_by_default(tmp_path: Any, caplog: Any, monkeypatch: Any) -> None:
     monkeypatch.delenv(server.PORT_ENV, raising=False)
     caplog.set_level(logging.INFO)
-    props = device_properties(tmp_path, 0)
+    props = rest_properties(tmp_path, 0)
     del props["RestPort"], props["RestHost"]
     with DeviceTestContext(
         ObservationExecutionTool, device_name="oet/executor/1", properties=props
