@@ -266,14 +266,10 @@ def history_line(
 def failure_reason(summary: dict[str, Any]) -> str:
     """The last line of a FAILED procedure's stacktrace: ``ExceptionType: message``, as the
     device's ``lastFailure`` has it."""
-    stacktrace = str((summary.get("history") or {}).get("stacktrace") or "")
-    lines = [line.strip() for line in stacktrace.splitlines() if line.strip()]
-    if not lines:
-        return "(no error was reported)"
-    kind, sep, message = lines[-1].partition(": ")
-    if all(part.isidentifier() for part in kind.split(".")):  # the bare class name
-        return printable(kind.split(".")[-1] + sep + message)
-    return printable(lines[-1])
+    from ska_oso_oet.procedure.errors import error_line
+
+    stacktrace = (summary.get("history") or {}).get("stacktrace")
+    return printable(error_line(str(stacktrace or "")) or "(no error was reported)")
 
 
 class HistoryTracker:

@@ -26,3 +26,17 @@ class ScriptRejectedError(ProcedureError, ValueError):
 class RequestLimitError(InvalidArgumentsError):
     """A request is over one of the service's limits; the message names the limit and its
     setting (keyword and device property)."""
+
+
+def error_line(stacktrace: str | None) -> str | None:
+    """The error a stacktrace ends with, its exception named by the bare class name
+    (``oet_script_x.ObservationError: refused`` -> ``ObservationError: refused``); None for
+    an empty one. What ``lastFailure`` and ``oet listen`` show of a FAILED procedure."""
+    lines = [line.strip() for line in (stacktrace or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    kind, sep, message = lines[-1].partition(": ")
+    parts = kind.split(".")
+    if all(part.isidentifier() for part in parts):
+        return parts[-1] + sep + message
+    return lines[-1]

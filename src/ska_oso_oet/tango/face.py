@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ska_oso_oet.procedure.application import ProcedureSummary
+from ska_oso_oet.procedure.errors import error_line
 from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
 
 #: Attributes of the face, in the order their events are pushed (after procedureSummaries).
@@ -53,21 +54,8 @@ def script_file_name(uri: str) -> str:
 
 def failure_line(summary: ProcedureSummary) -> str:
     """``"<id> <script file name>: <ExceptionType>: <message>"`` of a FAILED procedure."""
-    stacktrace = summary.history.stacktrace or ""
-    lines = [line.strip() for line in stacktrace.splitlines() if line.strip()]
-    reason = short_error(lines[-1]) if lines else "failed (no error was reported)"
+    reason = error_line(summary.history.stacktrace) or "failed (no error was reported)"
     return f"{summary.id} {script_file_name(summary.script.script_uri)}: {reason}"
-
-
-def short_error(line: str) -> str:
-    """A traceback's last line with the exception's bare class name:
-    ``oet_script_x.ObservationError: refused`` -> ``ObservationError: refused``."""
-    kind, sep, message = line.partition(": ")
-    if sep or kind == line:
-        parts = kind.split(".")
-        if all(part.isidentifier() for part in parts):
-            return parts[-1] + sep + message
-    return line
 
 
 def bare_uri_request(request: str) -> str:
