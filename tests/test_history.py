@@ -18,7 +18,7 @@ from ska_oso_oet.procedure.application import ArgCapture, ProcedureHistory, Proc
 from ska_oso_oet.procedure.gitmanager import GitArgs
 from ska_oso_oet.procedure.scripts import FileSystemScript, GitScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState as S
-from ska_oso_oet.procedure.ui.summary import summary_to_dict
+from ska_oso_oet.procedure.ui.summary import summary_from_dict, summary_to_dict
 
 T0 = 1_764_000_000.0
 LIFE = [S.CREATING, S.IDLE, S.LOADING, S.IDLE, S.READY, S.RUNNING, S.READY, S.COMPLETE]
@@ -47,7 +47,7 @@ def made(pid: int, upto: S = S.COMPLETE, git: bool = False) -> ProcedureSummary:
 
 def test_a_summary_comes_back_as_it_was_given(tmp_path: pathlib.Path) -> None:
     for summary in (made(1), made(2, git=True)):
-        again = history.summary_from_dict(json.loads(json.dumps(summary_to_dict(summary))))
+        again = summary_from_dict(json.loads(json.dumps(summary_to_dict(summary))))
         assert summary_to_dict(again) == summary_to_dict(summary)
 
 

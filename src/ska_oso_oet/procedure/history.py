@@ -26,21 +26,10 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Any
 
-from ska_oso_oet.procedure.application import (
-    ArgCapture,
-    ProcedureHistory,
-    ProcedureSummary,
-)
-from ska_oso_oet.procedure.gitmanager import DEFAULT_GIT_REPOSITORY, GitArgs
-from ska_oso_oet.procedure.scripts import (
-    ExecutableScript,
-    FileSystemScript,
-    GitScript,
-    ProcedureInput,
-)
+from ska_oso_oet.procedure.application import ProcedureHistory, ProcedureSummary
 from ska_oso_oet.procedure.states import ProcedureState
+from ska_oso_oet.procedure.ui.summary import summary_from_dict, to_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,46 +70,6 @@ class Loaded:
     summaries: list[ProcedureSummary]  # ended procedures (the lost ones now FAILED), by ID
     next_id: int  # one above every ID ever given
     lost: list[int]  # procedures that were live when their server ended: now FAILED
-
-
-def script_from_dict(doc: dict[str, Any]) -> ExecutableScript:
-    uri = str(doc["script_uri"])
-    if doc.get("script_type") == "git":
-        git = doc.get("git_args") or {}
-        return GitScript(
-            uri,
-            git_args=GitArgs(
-                git_repo=git.get("git_repo") or DEFAULT_GIT_REPOSITORY,
-                git_branch=git.get("git_branch"),
-                git_commit=git.get("git_commit"),
-            ),
-            create_env=bool(doc.get("create_env", False)),
-        )
-    return FileSystemScript(uri)
-
-
-def summary_from_dict(doc: dict[str, Any]) -> ProcedureSummary:
-    """The inverse of :func:`..ui.summary.summary_to_dict`; ValueError/KeyError/TypeError when
-    ``doc`` is not a summary."""
-    history = doc["history"]
-    states = [(ProcedureState[str(name)], float(t)) for name, t in history["process_states"]]
-    script_args = [
-        ArgCapture(
-            fn=str(fn),
-            fn_args=ProcedureInput(*(call.get("args") or []), **(call.get("kwargs") or {})),
-        )
-        for fn, call in (doc.get("script_args") or {}).items()
-    ]
-    return ProcedureSummary(
-        id=int(doc["id"]),
-        script=script_from_dict(doc["script"]),
-        script_args=script_args,
-        history=ProcedureHistory(process_states=states, stacktrace=history.get("stacktrace")),
-        state=ProcedureState[str(doc["state"])],
-        uri=doc.get("uri"),
-        progress=doc.get("progress"),
-        result=doc.get("result"),
-    )
 
 
 def lost(summary: ProcedureSummary, when: float) -> ProcedureSummary:
@@ -307,8 +256,6 @@ class HistoryStore:
     # -- the writer ----------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        from ska_oso_oet.procedure.ui.summary import to_json
-
         unwritten: dict[int, ProcedureSummary] = {}  # a failed commit's, tried again
         while True:
             try:  # with something unwritten, try again within a second even if all is quiet

@@ -6,8 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from ska_oso_oet.procedure import strictjson
-from ska_oso_oet.procedure.application import ProcedureSummary
-from ska_oso_oet.procedure.scripts import ExecutableScript, GitScript
+from ska_oso_oet.procedure.application import ArgCapture, ProcedureHistory, ProcedureSummary
+from ska_oso_oet.procedure.gitmanager import DEFAULT_GIT_REPOSITORY, GitArgs
+from ska_oso_oet.procedure.scripts import (
+    ExecutableScript,
+    FileSystemScript,
+    GitScript,
+    ProcedureInput,
+)
+from ska_oso_oet.procedure.states import ProcedureState
 
 
 def script_to_dict(script: ExecutableScript) -> dict[str, Any]:
@@ -45,6 +52,47 @@ def summary_to_dict(summary: ProcedureSummary) -> dict[str, Any]:
         "result": summary.result,
         "pause_pending": summary.pause_pending,
     }
+
+
+def script_from_dict(doc: dict[str, Any]) -> ExecutableScript:
+    uri = str(doc["script_uri"])
+    if doc.get("script_type") == "git":
+        git = doc.get("git_args") or {}
+        return GitScript(
+            uri,
+            git_args=GitArgs(
+                git_repo=git.get("git_repo") or DEFAULT_GIT_REPOSITORY,
+                git_branch=git.get("git_branch"),
+                git_commit=git.get("git_commit"),
+            ),
+            create_env=bool(doc.get("create_env", False)),
+        )
+    return FileSystemScript(uri)
+
+
+def summary_from_dict(doc: dict[str, Any]) -> ProcedureSummary:
+    """The inverse of :func:`summary_to_dict` (the durable history reads summaries back with
+    it); ValueError/KeyError/TypeError when
+    ``doc`` is not a summary."""
+    history = doc["history"]
+    states = [(ProcedureState[str(name)], float(t)) for name, t in history["process_states"]]
+    script_args = [
+        ArgCapture(
+            fn=str(fn),
+            fn_args=ProcedureInput(*(call.get("args") or []), **(call.get("kwargs") or {})),
+        )
+        for fn, call in (doc.get("script_args") or {}).items()
+    ]
+    return ProcedureSummary(
+        id=int(doc["id"]),
+        script=script_from_dict(doc["script"]),
+        script_args=script_args,
+        history=ProcedureHistory(process_states=states, stacktrace=history.get("stacktrace")),
+        state=ProcedureState[str(doc["state"])],
+        uri=doc.get("uri"),
+        progress=doc.get("progress"),
+        result=doc.get("result"),
+    )
 
 
 def to_json(value: Any) -> str:
