@@ -14,7 +14,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import tango
@@ -34,7 +34,7 @@ from ska_oso_oet.procedure.errors import (
     UnknownProcedureError,
 )
 from ska_oso_oet.procedure.scripts import FileSystemScript, ProcedureInput
-from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
+from ska_oso_oet.procedure.states import ACTIVE_STATES
 from ska_oso_oet.procedure.ui import server as rest
 from ska_oso_oet.tango import face
 from ska_oso_oet.tango.ska import ACCEPTING_MODES, AdminMode, HealthState, SKADevice
@@ -168,7 +168,6 @@ class ObservationExecutionTool(SKADevice):
         # serialised again on a change
         if self._events is None:  # the first init: the device's one event thread, for good
             self._summary_text: dict[int, str] = {}
-            self._states: dict[int, ProcedureState] = {}
             self._summaries_json = "[]"
             self._face = face.Face()  # typed attributes (procedureChange, procedureIds, ...)
             self._face_pushed: dict[str, Any] = {}  # the value each last had in an event
@@ -223,7 +222,7 @@ class ObservationExecutionTool(SKADevice):
         # State and Status are right when Init returns (from what the new service holds, not
         # the queued ends of before); their events follow with the list, which is queued
         # before anything of the new service can be
-        self._set_state({s.id: s.state for s in loaded.summaries})
+        self._set_state(running=())  # the history taken back holds only ended procedures
         with self._resets_lock:
             self._resets_pending += 1  # until it is pushed, the State set here stands
         self._events.put(_Reset(loaded.summaries))
@@ -333,13 +332,10 @@ class ObservationExecutionTool(SKADevice):
     def _reset(self, summaries: list[ProcedureSummary]) -> None:
         """After an init: the list is what the new service holds (the history it took back)."""
         self._summary_text.clear()
-        self._states.clear()
         self._face = face.Face()
         for summary in summaries:
-            text = self._summary_text[summary.id] = ui.to_json(summary)
-            self._states[summary.id] = summary.state
-            self._face.update(summary, text, None)
-        self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
+            self._face.update(summary, self._keep(summary), None)
+        self._rejoin()
         self._set_state()
         self.push_change_event("procedureSummaries", self._summaries_json)
         self.push_archive_event("procedureSummaries", self._summaries_json)
@@ -347,8 +343,7 @@ class ObservationExecutionTool(SKADevice):
         self._push_state()
 
     def _publish(self, summary: ProcedureSummary) -> None:
-        text = self._summary_text[summary.id] = ui.to_json(summary)
-        self._states[summary.id] = summary.state
+        text = self._keep(summary)
         held: set[int] | None = None
         if summary.state.is_final and self._ses is not None:
             held = set(self._ses.procedure_ids())
@@ -356,9 +351,8 @@ class ObservationExecutionTool(SKADevice):
             # it is one of them (HistoryLength reached), only after its end has been shown
             for pid in [p for p in self._summary_text if p not in held and p != summary.id]:
                 del self._summary_text[pid]
-                del self._states[pid]
         self._face.update(summary, text, None if held is None else held | {summary.id})
-        self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
+        self._rejoin()
         # State is set first, so that a client reacting to the event reads the new one; the
         # change event goes out before anything else, for it is what clients wait for. The
         # ends of before an Init leave State as the Init set it, from the new service.
@@ -370,9 +364,16 @@ class ObservationExecutionTool(SKADevice):
             self._push_state()
         if held is not None and summary.id not in held:  # shown ended: now it goes
             del self._summary_text[summary.id]
-            del self._states[summary.id]
-            self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
+            self._rejoin()
             self._face.update(summary, text, held)
+
+    def _keep(self, summary: ProcedureSummary) -> str:
+        """Serialise the summary that changed (only it: the others keep their text)."""
+        text = self._summary_text[summary.id] = ui.to_json(summary)
+        return text
+
+    def _rejoin(self) -> None:
+        self._summaries_json = "[" + ",".join(self._summary_text.values()) + "]"
 
     def _push_face(self, every: bool = False) -> None:
         """Change and archive events of the typed attributes whose values changed (``every``:
@@ -394,9 +395,9 @@ class ObservationExecutionTool(SKADevice):
         self.push_change_event("State", self._shown[0])
         self.push_change_event("Status", self._shown[1])
 
-    def _set_state(self, states: dict[int, ProcedureState] | None = None) -> bool:
-        """Set State and Status from the procedures (``states``, else those shown) and
-        adminMode; True if they changed."""
+    def _set_state(self, running: Sequence[int] | None = None) -> bool:
+        """Set State and Status from the procedures RUNNING or PAUSED (``running``, else
+        those shown) and adminMode; True if they changed."""
         if self._ses is None:
             return False
         if self._ses.failure is not None:
@@ -408,8 +409,7 @@ class ObservationExecutionTool(SKADevice):
         elif self._admin_mode not in ACCEPTING_MODES:
             state, status = DevState.DISABLE, f"Disabled: adminMode is {self._admin_mode.name}"
         else:
-            shown = self._states if states is None else states
-            running = [p for p, s in shown.items() if s in ACTIVE_STATES]
+            running = self._face.running if running is None else running
             if running:
                 state = DevState.RUNNING
                 status = f"Running procedure {', '.join(map(str, running))}"
