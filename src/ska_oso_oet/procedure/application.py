@@ -342,8 +342,9 @@ class ScriptExecutionService:
 
     @property
     def healthy(self) -> bool:
-        """True while the service is open and its process supervisor is alive."""
-        return not self._closed and self._supervisor.running
+        """True while the service is open and its process supervisor is alive and sound
+        (not once it has failed, even while its thread is still ending)."""
+        return not self._closed and self._supervisor.running and self._supervisor.failure is None
 
     @property
     def failure(self) -> str | None:
