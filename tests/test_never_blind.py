@@ -72,6 +72,29 @@ def test_a_dead_supervisor_fails_every_procedure_and_refuses_new_work(make_servi
     assert alive == []
 
 
+def test_shutdown_while_a_failed_supervisor_still_reports_its_failure(make_service: Any) -> None:
+    """A failed supervisor is closed while its thread still tells the listeners: shutting the
+    service down in that window (as Init or the end of a test does) waits for the thread and
+    raises nothing."""
+    ses = make_service()
+    reporting, release = threading.Event(), threading.Event()
+    ses.add_failure_listener(lambda f: (reporting.set(), release.wait(TIMEOUT)))
+    break_supervisor(ses)
+    assert reporting.wait(TIMEOUT)
+    thread = ses._supervisor._thread
+    assert thread.is_alive()  # the window: closed, and its thread still in the listener
+    join = thread.join
+
+    def release_then_join(timeout: float | None = None) -> None:
+        release.set()  # only once shutdown has got as far as waiting for the thread
+        join(timeout)
+
+    thread.join = release_then_join  # type: ignore[method-assign]
+    ses.shutdown()
+    assert not thread.is_alive()
+    assert release.is_set()  # shutdown did wait for the thread
+
+
 @pytest.mark.forked
 @pytest.mark.tango
 def test_the_device_shows_fault_at_once_and_init_brings_it_back(tmp_path: Any) -> None:

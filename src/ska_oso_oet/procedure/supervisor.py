@@ -337,13 +337,15 @@ class Supervisor:
         gone: a stop wins)."""
         w = self._workers.get(procedure_id)
         if w is not None and not w.stopping and w.send(msg):
-            self._post(_Flush(procedure_id))
+            self._post_quiet(_Flush(procedure_id))  # a failed supervisor fails it anyway
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop every worker (as a Stop would, with ``grace`` seconds between SIGTERM and
         SIGKILL if given) and end the supervisor thread."""
         if self._thread.is_alive():
-            self._post(_Shutdown(grace))
+            # a supervisor that has failed is closed while its thread still reports the
+            # failure: then there is nothing to post, only the thread's end to wait for
+            self._post_quiet(_Shutdown(grace))
             self._thread.join((grace if grace is not None else self.stop_grace) + 10)
 
     @property
