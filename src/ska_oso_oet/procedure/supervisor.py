@@ -330,7 +330,7 @@ class Supervisor:
             self._post(_Run(procedure_id, msg))
 
     def stop(self, procedure_id: int) -> None:
-        self._post(_Stop(procedure_id))
+        self._post_quiet(_Stop(procedure_id))  # a failed supervisor has ended every worker
 
     def control(self, procedure_id: int, msg: m.Pause | m.Resume) -> None:
         """Send Pause or Resume to a procedure's worker (dropped when it is stopping or
