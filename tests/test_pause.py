@@ -518,7 +518,10 @@ def test_pause_resume_and_stop_through_the_device(device, gate):
         paused = events.wait_for(pid, "PAUSED")
         assert paused["pause_pending"] is False
         assert proxy.state() == tango.DevState.RUNNING  # a paused procedure is not done
+        assert proxy.status() == f"Paused procedure {pid} (Resume or Stop it)"
         json.loads(proxy.Resume(json.dumps({"id": pid})))
+        events.wait_until(lambda evs: events.states_seen(pid)[-1] == "RUNNING")
+        assert proxy.status() == f"Running procedure {pid}"
         gate.step()  # step 1: its progress comes as an event
         events.wait_until(
             lambda evs: any(
@@ -622,3 +625,13 @@ def test_pause_and_resume_over_rest(make_service, gate):
             assert got["result"]["steps"] == 1 and got["progress"]["fraction"] == 1.0
     finally:
         srv.stop()
+
+
+def test_status_names_the_running_and_the_paused_procedures():
+    from ska_oso_oet.tango.device import _running_status
+
+    assert _running_status((3,), ()) == "Running procedure 3"
+    assert _running_status((3, 4, 5), (4,)) == (
+        "Running procedure 3, 5; Paused procedure 4 (Resume or Stop it)"
+    )
+    assert _running_status((4, 6), (4, 6)) == "Paused procedure 4, 6 (Resume or Stop it)"

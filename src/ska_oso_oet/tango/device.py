@@ -109,6 +109,18 @@ class _Reset:
     summaries: list[ProcedureSummary]
 
 
+def _running_status(running: Sequence[int], paused: Sequence[int]) -> str:
+    """Status while procedures run: which run and which wait, PAUSED, for Resume or Stop."""
+    waiting = [p for p in running if p in paused]
+    going = [p for p in running if p not in paused]
+    parts = []
+    if going:
+        parts.append(f"Running procedure {', '.join(map(str, going))}")
+    if waiting:
+        parts.append(f"Paused procedure {', '.join(map(str, waiting))} (Resume or Stop it)")
+    return "; ".join(parts)
+
+
 class ObservationExecutionTool(SKADevice):
     """Runs observing scripts, each in its own supervised process."""
 
@@ -412,7 +424,7 @@ class ObservationExecutionTool(SKADevice):
             running = self._face.running if running is None else running
             if running:
                 state = DevState.RUNNING
-                status = f"Running procedure {', '.join(map(str, running))}"
+                status = _running_status(running, self._face.paused)
             else:
                 state, status = DevState.ON, "Ready: no procedure is running"
         healthy = HealthState.OK if self._ses.healthy else HealthState.FAILED

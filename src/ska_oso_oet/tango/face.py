@@ -88,6 +88,7 @@ class Face:
         self.states: tuple[str, ...] = ()
         self.scripts: tuple[str, ...] = ()
         self.running: tuple[int, ...] = ()
+        self.paused: tuple[int, ...] = ()  # those of ``running`` that are PAUSED
 
     def update(self, summary: ProcedureSummary, text: str, held: set[int] | None) -> None:
         """Take in ``summary`` (whose JSON is ``text``); ``held``, when given, is every ID the
@@ -102,6 +103,7 @@ class Face:
         self.states = tuple(self._held[p].state.name for p in ids)
         self.scripts = tuple(self._held[p].script_uri for p in ids)
         self.running = tuple(p for p in ids if self._held[p].state in ACTIVE_STATES)
+        self.paused = tuple(p for p in ids if self._held[p].state is ProcedureState.PAUSED)
         self.ids = ids
         self.change = text
 
