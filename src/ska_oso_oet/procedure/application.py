@@ -356,7 +356,7 @@ class ScriptExecutionService:
         """Call ``listener(failure)`` once, if the process supervisor dies."""
         self._failure_listeners.append(listener)
 
-    # -- the four operations ---------------------------------------------------------------
+    # -- operations, and what they did -----------------------------------------------------
 
     def prepare(self, cmd: PrepareProcessCommand) -> ProcedureSummary:
         """Load and prepare a Python script for execution, but do not commence execution.

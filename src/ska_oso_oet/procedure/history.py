@@ -185,7 +185,7 @@ class HistoryStore:
         """The ended procedures to show again (the lost ones marked FAILED, and written so),
         newest ``history_limit`` of them, and the next ID. Starts the writer."""
         summaries: list[ProcedureSummary] = []
-        lost_ids: list[int] = []
+        were_live: list[ProcedureSummary] = []  # marked FAILED here, to be written so
         next_id = 1
         if self._db is not None:
             try:
@@ -201,7 +201,7 @@ class HistoryStore:
                         continue
                     if not final or not summary.state.is_final:
                         summary = lost(summary, time.time())
-                        lost_ids.append(summary.id)
+                        were_live.append(summary)
                     summaries.append(summary)
                 row = self._db.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
                 if row is not None:
@@ -209,16 +209,16 @@ class HistoryStore:
             except sqlite3.Error as exc:
                 self.problem = f"the history store {self.path} could not be read ({exc})"
                 LOGGER.error("%s", self.problem)
-                summaries, lost_ids = [], []
+                summaries, were_live = [], []
         keep = summaries[-self.history_limit :] if self.history_limit else []
         next_id = max(next_id, self._read_next_id())  # also after a store was moved aside
         self._next_id = next_id
         self._thread = threading.Thread(target=self._write_loop, name="oet-history", daemon=True)
         self._thread.start()
-        for summary in summaries:
-            if summary.id in lost_ids:
-                self.put(summary)  # FAILED from now on, for whoever looks next
+        for summary in were_live:
+            self.put(summary)  # FAILED from now on, for whoever looks next
         self.put_next_id(next_id)
+        lost_ids = [summary.id for summary in were_live]
         if lost_ids:
             LOGGER.warning(
                 "Procedures %s were live when the server stopped: shown FAILED",
