@@ -24,6 +24,7 @@ from ska_oso_oet.procedure.application import (
 )
 from ska_oso_oet.procedure.scripts import FileSystemScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState
+from tests.helpers import SummaryEvents, joined
 from tests.test_e2e import REPO, Oet, oet  # noqa: F401  (oet: a server on a database, as make run)
 
 TIMEOUT = 30
@@ -450,6 +451,7 @@ class Events:
         self.cond = threading.Condition()
         self.first = True
         self.id = proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, self._callback)
+        joined(proxy)  # an event pushed before the subscription joins would be lost
 
     def _callback(self, event: Any) -> None:
         with self.cond:
@@ -479,12 +481,6 @@ def start(proxy: Any, pid: int, **kwargs: Any) -> None:
     proxy.Start(json.dumps({"id": pid, "run_args": {"kwargs": kwargs}, "force_start": True}))
 
 
-def final(summaries: Events, pid: int) -> Any:
-    return lambda values: any(
-        s["id"] == pid and s["state"] in FINAL for value in values for s in value
-    )
-
-
 def lines_of(events: Events, pid: int) -> list[dict[str, Any]]:
     with events.cond:
         return [line for v in events.values if v["id"] == pid for line in v["lines"]]
@@ -499,10 +495,10 @@ def test_device_pushes_output_and_messages_to_every_subscriber(
     path.write_text(textwrap.dedent(EVERY_KIND))
     outs = [Events(device, "procedureOutput"), Events(device, "procedureOutput")]
     messages = Events(device, "procedureMessages")
-    summaries = Events(device, "procedureSummaries")
+    summaries = SummaryEvents(device)
     pid = prepare(device, path)
     start(device, pid, tag="t")
-    summaries.wait(final(summaries, pid))
+    summaries.wait_for(pid, FINAL, timeout=TIMEOUT)
     expected = [(s, t.format(t="t")) for s, t in EXPECTED if s != "message"]
     for sub in outs:
         sub.wait(lambda values, sub=sub: len(lines_of(sub, pid)) == len(expected))
@@ -554,21 +550,19 @@ def test_a_flood_of_output_leaves_the_device_responsive(
     quick_path = tmp_path / "quick.py"
     quick_path.write_text("def main():\n    print('quick')\n")
     outs = Events(device, "procedureOutput")
-    summaries = Events(device, "procedureSummaries")
+    summaries = SummaryEvents(device)
     flood = prepare(device, flood_path)
     quick = prepare(device, quick_path)
-    summaries.wait(
-        lambda values: any(s["id"] == quick and s["state"] == "READY" for v in values for s in v)
-    )
+    summaries.wait_for(quick, "READY", timeout=TIMEOUT)
     begin = time.monotonic()
     start(device, flood, seconds=2.0)
     outs.wait(lambda values: any(v["id"] == flood for v in values))
     t0 = time.monotonic()
     start(device, quick)
-    summaries.wait(final(summaries, quick), timeout=10)
+    summaries.wait_for(quick, FINAL, timeout=10)
     assert time.monotonic() - t0 < 2.5  # while the flood goes on
     assert device.State() in (tango.DevState.ON, tango.DevState.RUNNING)
-    summaries.wait(final(summaries, flood))
+    summaries.wait_for(flood, FINAL, timeout=TIMEOUT)
     duration = time.monotonic() - begin
     with outs.cond:
         batches = [v for v in outs.values if v["id"] == flood]
@@ -634,13 +628,13 @@ def test_oet_logs_and_follow(device: Any, tmp_path: pathlib.Path) -> None:
         )
     )
     address = ADDRESS["device"]
-    summaries = Events(device, "procedureSummaries")
+    summaries = SummaryEvents(device)
+    outs = Events(device, "procedureOutput")
     pid = prepare(device, path)
-    summaries.wait(
-        lambda values: any(s["id"] == pid and s["state"] == "READY" for v in values for s in v)
-    )
+    summaries.wait_for(pid, "READY", timeout=TIMEOUT)
     start(device, pid)
-    time.sleep(0.2)  # the follower joins part way: the stored part, then the live part
+    # the follower joins part way, once a first batch is out: the stored part, then the live part
+    outs.wait(lambda values: any(v["id"] == pid for v in values))
     follow = oet_cli("--device", address, "logs", str(pid), "--follow")
     try:
         out, err = follow.communicate(timeout=TIMEOUT)
