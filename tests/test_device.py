@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -240,6 +241,40 @@ def test_a_bad_configuration_puts_the_device_in_fault():
         assert "AbortScript" in proxy.status() or "file://" in proxy.status()
         with pytest.raises(tango.DevFailed):
             proxy.Summarise("")
+
+
+def test_init_with_a_bad_configuration_pushes_state_fault(caplog):
+    """The list pushed after a failed init comes with State and Status FAULT events, and
+    the event thread logs no traceback doing it."""
+    seen: dict[str, list[Any]] = {"state": [], "status": []}
+    cond = threading.Condition()
+
+    def on_event(event: Any) -> None:
+        if not event.err:
+            with cond:
+                seen[event.attr_value.name.lower()].append(event.attr_value.value)
+                cond.notify_all()
+
+    with DeviceTestContext(
+        ObservationExecutionTool,
+        device_name="oet/executor/1",
+        properties={"AbortScript": "not-a-uri", "ScriptRoots": [str(SCRIPTS)]},
+    ) as proxy:
+        for name in seen:
+            proxy.subscribe_event(name, tango.EventType.CHANGE_EVENT, on_event)
+        with cond:  # the first event of a subscription is the value read then
+            assert cond.wait_for(lambda: seen["state"] and seen["status"], TIMEOUT)
+            before = {name: len(values) for name, values in seen.items()}
+        proxy.Init()  # the configuration is still bad: the device pushes FAULT again
+        with cond:
+            assert cond.wait_for(lambda: all(len(seen[n]) > before[n] for n in seen), TIMEOUT), (
+                seen
+            )
+        assert seen["state"][-1] == tango.DevState.FAULT
+        assert "Bad device configuration" in seen["status"][-1]
+        assert proxy.state() == tango.DevState.FAULT
+    tracebacks = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert tracebacks == []
 
 
 def test_init_ends_every_worker_and_keeps_the_history(tmp_path):

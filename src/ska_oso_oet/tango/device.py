@@ -221,8 +221,10 @@ class ObservationExecutionTool(SKADevice):
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            status = f"Bad device configuration: {exc}"
+            self._shown = (DevState.FAULT, status)  # their events go out with the list
             self.set_state(DevState.FAULT)
-            self.set_status(f"Bad device configuration: {exc}")
+            self.set_status(status)
             self.set_health(HealthState.FAILED)
             LOGGER.error("Bad device configuration: %s", exc)
             # what was queued before (an Init's ends) still goes out, then an empty list
