@@ -61,6 +61,32 @@ def device_properties(tmp_path: pathlib.Path, **more: Any) -> dict[str, Any]:
     }
 
 
+def prepare_request(script: str | pathlib.Path, *args: Any, **init: Any) -> str:
+    """The JSON of a Prepare of a filesystem script, ``init`` called with ``args`` and
+    ``init``: ``script`` is a path, or the name of one of the test scripts."""
+    path = script if isinstance(script, pathlib.Path) else SCRIPTS / script
+    return json.dumps(
+        {
+            "script": {"script_type": "filesystem", "script_uri": f"file://{path}"},
+            "script_args": {"init": {"args": list(args), "kwargs": init}},
+        }
+    )
+
+
+def start_request(
+    pid: int, fn: str = "main", *args: Any, force_start: bool = False, **kwargs: Any
+) -> str:
+    """The JSON of a Start of ``fn(*args, **kwargs)`` of procedure ``pid``."""
+    request: dict[str, Any] = {
+        "id": pid,
+        "fn_name": fn,
+        "run_args": {"args": list(args), "kwargs": kwargs},
+    }
+    if force_start:
+        request["force_start"] = True
+    return json.dumps(request)
+
+
 def joined(proxy: tango.DeviceProxy) -> None:
     """Return once events from the device reach this client.
 

@@ -24,7 +24,7 @@ from tango.test_context import DeviceTestContext
 from ska_oso_oet.procedure import settings
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from tests.databases import free_port
-from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents
+from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents, prepare_request
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 
@@ -96,15 +96,6 @@ def start_device(tmp_path, root, **properties: Any) -> Any:
 def device(tmp_path, root) -> Iterator[tango.DeviceProxy]:
     with start_device(tmp_path, root) as proxy:
         yield proxy
-
-
-def prepare_request(name: str, *args: Any, **kwargs: Any) -> str:
-    return json.dumps(
-        {
-            "script": {"script_type": "filesystem", "script_uri": f"file://{SCRIPTS / name}"},
-            "script_args": {"init": {"args": list(args), "kwargs": kwargs}},
-        }
-    )
 
 
 def refusal(call: Any, *args: Any) -> tango.DevError:

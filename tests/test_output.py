@@ -24,7 +24,7 @@ from ska_oso_oet.procedure.application import (
 )
 from ska_oso_oet.procedure.scripts import FileSystemScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState
-from tests.helpers import SummaryEvents, joined
+from tests.helpers import SummaryEvents, joined, prepare_request, start_request
 from tests.test_e2e import REPO, Oet, oet  # noqa: F401  (oet: a server on a database, as make run)
 
 TIMEOUT = 30
@@ -473,12 +473,11 @@ class Events:
 
 
 def prepare(proxy: Any, path: pathlib.Path) -> int:
-    request = {"script": {"script_type": "filesystem", "script_uri": f"file://{path}"}}
-    return int(json.loads(proxy.Prepare(json.dumps(request)))["id"])
+    return int(json.loads(proxy.Prepare(prepare_request(path)))["id"])
 
 
 def start(proxy: Any, pid: int, **kwargs: Any) -> None:
-    proxy.Start(json.dumps({"id": pid, "run_args": {"kwargs": kwargs}, "force_start": True}))
+    proxy.Start(start_request(pid, force_start=True, **kwargs))
 
 
 def lines_of(events: Events, pid: int) -> list[dict[str, Any]]:

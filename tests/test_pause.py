@@ -30,7 +30,15 @@ from ska_oso_oet.procedure.application import (
 from ska_oso_oet.procedure.domain import FileSystemScript, ProcedureInput, ProcedureState
 from ska_oso_oet.procedure.errors import ProcedureStateError
 from ska_oso_oet.tango.device import ObservationExecutionTool
-from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents, script, states
+from tests.helpers import (
+    SCRIPTS,
+    TIMEOUT,
+    SummaryEvents,
+    prepare_request,
+    script,
+    start_request,
+    states,
+)
 from tests.test_catalogue_tango import oet  # the CLI, run as a user runs it
 
 S = ProcedureState
@@ -484,32 +492,19 @@ def device(tmp_path) -> Iterator[tuple[tango.DeviceProxy, DeviceTestContext]]:
         yield proxy, context
 
 
-def _prepare(proxy, name: str = "pausing.py", **init: Any) -> int:
-    request = {
-        "script": {"script_type": "filesystem", "script_uri": f"file://{SCRIPTS / name}"},
-        "script_args": {"init": {"args": [], "kwargs": init}},
-    }
-    return json.loads(proxy.Prepare(json.dumps(request)))["id"]
-
-
-def _start(proxy, pid: int, fn: str = "main", **kwargs: Any) -> dict[str, Any]:
-    request = {"id": pid, "fn_name": fn, "run_args": {"args": [], "kwargs": kwargs}}
-    return json.loads(proxy.Start(json.dumps(request)))
-
-
 @pytest.mark.forked
 @pytest.mark.tango
 def test_pause_resume_and_stop_through_the_device(device, gate):
     proxy, _ = device
     events = SummaryEvents(proxy)
     try:
-        pid = _prepare(proxy, port=gate.port)
+        pid = json.loads(proxy.Prepare(prepare_request("pausing.py", port=gate.port)))["id"]
         events.wait_for(pid, "READY")
         with pytest.raises(tango.DevFailed) as caught:
             proxy.Pause(json.dumps({"id": pid}))
         assert caught.value.args[0].reason == "OET_Refused"
         assert "READY, not RUNNING" in caught.value.args[0].desc
-        _start(proxy, pid, port=gate.port, n=3)
+        proxy.Start(start_request(pid, port=gate.port, n=3))
         events.wait_for(pid, "RUNNING")
         asked = json.loads(proxy.Pause(json.dumps({"id": pid})))
         assert asked["state"] == "RUNNING" and asked["pause_pending"] is True
@@ -561,9 +556,9 @@ def test_progress_result_and_the_cli(device, gate):
     proxy, context = device
     events = SummaryEvents(proxy)
     try:
-        pid = _prepare(proxy, port=gate.port)
+        pid = json.loads(proxy.Prepare(prepare_request("pausing.py", port=gate.port)))["id"]
         events.wait_for(pid, "READY")
-        _start(proxy, pid, port=gate.port, n=2)
+        proxy.Start(start_request(pid, port=gate.port, n=2))
         events.wait_for(pid, "RUNNING")
         shown = oet(context, "pause", str(pid))
         assert shown.returncode == 0, shown.stderr
