@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import queue
 import statistics
 import sys
 import tempfile
@@ -30,50 +29,10 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import tango
-from servers import iterations, oet_servers, print_table
+from servers import ChangeListener, iterations, lifecycle, oet_servers, print_table
 
 HELD = 100
 GOAL_RATIO = 1.2
-
-
-class ChangeListener:
-    """procedureChange events: arrival time and the (id, state) they carry, in a queue."""
-
-    def __init__(self, proxy: tango.DeviceProxy) -> None:
-        self.events: queue.SimpleQueue[tuple[float, int, str, int]] = queue.SimpleQueue()
-        self._id = proxy.subscribe_event(
-            "procedureChange", tango.EventType.CHANGE_EVENT, self._callback
-        )
-
-    def _callback(self, event: Any) -> None:
-        t = time.perf_counter()
-        if event.err or not event.attr_value.value:
-            return
-        text = event.attr_value.value
-        summary = json.loads(text)
-        self.events.put((t, summary["id"], summary["state"], len(text.encode())))
-
-    def until(self, pid: int, state: str, timeout: float = 30.0) -> tuple[float, int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            t, got_id, got_state, size = self.events.get(
-                timeout=max(0.01, deadline - time.monotonic())
-            )
-            if got_id == pid and got_state == state:
-                return t, size
-
-
-def lifecycle(
-    proxy: tango.DeviceProxy, events: ChangeListener, uri: str
-) -> tuple[float, float, int]:
-    """Prepare, wait READY, Start: (ms to RUNNING, ms to COMPLETE, procedureChange bytes)."""
-    pid = json.loads(proxy.Prepare(uri))["id"]
-    events.until(pid, "READY")
-    t0 = time.perf_counter()
-    proxy.StartProcedure(pid)
-    running, _ = events.until(pid, "RUNNING")
-    complete, size = events.until(pid, "COMPLETE")
-    return (running - t0) * 1000, (complete - t0) * 1000, size
 
 
 def summaries_size(proxy: tango.DeviceProxy) -> int:

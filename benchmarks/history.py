@@ -22,8 +22,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import tango
-from face import ChangeListener, lifecycle
-from servers import iterations, oet_servers, print_table
+from servers import ChangeListener, iterations, lifecycle, oet_servers, print_table
 
 GOAL_RATIO = 1.1
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import queue
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import psutil
 import tango
-from servers import iterations, oet_servers
+from servers import ChangeListener, iterations, lifecycle, oet_servers, prepare
 
 FLOOD_S = 2.0
 LATENCY_GOAL_MS = 60.0
@@ -71,24 +70,17 @@ SCRIPTS = {
 
 
 class Subscriber:
-    """procedureChange and procedureOutput events, with their arrival times."""
+    """procedureOutput events with their arrival times; the procedureChange events go to a
+    :class:`ChangeListener` (``changes``), subscribed after them and joined."""
 
     def __init__(self, proxy: tango.DeviceProxy) -> None:
-        self.changes: queue.SimpleQueue[tuple[float, int, str]] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.outputs: list[tuple[float, float, dict[str, Any]]] = []  # (perf, wall, doc)
-        self.ids = [
-            proxy.subscribe_event("procedureChange", tango.EventType.CHANGE_EVENT, self._change),
-            proxy.subscribe_event("procedureOutput", tango.EventType.CHANGE_EVENT, self._output),
-        ]
         self.proxy = proxy
-
-    def _change(self, event: Any) -> None:
-        t = time.perf_counter()
-        if event.err or not event.attr_value.value:
-            return
-        summary = json.loads(event.attr_value.value)
-        self.changes.put((t, summary["id"], summary["state"]))
+        self._id = proxy.subscribe_event(
+            "procedureOutput", tango.EventType.CHANGE_EVENT, self._output
+        )
+        self.changes = ChangeListener(proxy, timeout=60.0)
 
     def _output(self, event: Any) -> None:
         t, wall = time.perf_counter(), time.time()
@@ -97,33 +89,22 @@ class Subscriber:
         with self.lock:
             self.outputs.append((t, wall, json.loads(event.attr_value.value)))
 
-    def until(self, pid: int, state: str, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            t, got, got_state = self.changes.get(timeout=max(0.01, deadline - time.monotonic()))
-            if got == pid and got_state == state:
-                return t
+    def until(self, pid: int, state: str) -> float:
+        """perf_counter at the arrival of procedure ``pid``'s event in ``state``."""
+        return self.changes.until(pid, state)[0]
 
     def output_of(self, pid: int) -> list[tuple[float, float, dict[str, Any]]]:
         with self.lock:
             return [o for o in self.outputs if o[2].get("id") == pid]
 
     def close(self) -> None:
-        for event_id in self.ids:
-            self.proxy.unsubscribe_event(event_id)
-
-
-def prepare(proxy: tango.DeviceProxy, sub: Subscriber, uri: str) -> int:
-    pid = int(json.loads(proxy.Prepare(uri))["id"])
-    sub.until(pid, "READY")
-    return pid
+        self.changes.close()
+        self.proxy.unsubscribe_event(self._id)
 
 
 def start_to_complete(proxy: tango.DeviceProxy, sub: Subscriber, uri: str) -> float:
-    pid = prepare(proxy, sub, uri)
-    t0 = time.perf_counter()
-    proxy.StartProcedure(pid)
-    return (sub.until(pid, "COMPLETE") - t0) * 1000
+    _running, complete, _size = lifecycle(proxy, sub.changes, uri)
+    return complete
 
 
 def measure(proxy: tango.DeviceProxy, server_pid: int, tmp: pathlib.Path, n: int) -> list[Any]:
@@ -132,7 +113,7 @@ def measure(proxy: tango.DeviceProxy, server_pid: int, tmp: pathlib.Path, n: int
     for _ in range(3):
         start_to_complete(proxy, sub, uri["one_line.py"])  # warm the spares and caches
     # latency of a print, one tick every 100 ms
-    ticks = prepare(proxy, sub, uri["ticks.py"])
+    ticks = prepare(proxy, sub.changes, uri["ticks.py"])
     proxy.Start(json.dumps({"id": ticks, "run_args": {"kwargs": {"n": 2 * n}}}))
     sub.until(ticks, "COMPLETE")
     latencies = []
@@ -153,8 +134,8 @@ def measure(proxy: tango.DeviceProxy, server_pid: int, tmp: pathlib.Path, n: int
             rss_max[0] = max(rss_max[0], proc.memory_info().rss)
             time.sleep(0.05)
 
-    flood = prepare(proxy, sub, uri["flood.py"])
-    others = [prepare(proxy, sub, uri["one_line.py"]) for _ in range(n)]
+    flood = prepare(proxy, sub.changes, uri["flood.py"])
+    others = [prepare(proxy, sub.changes, uri["one_line.py"]) for _ in range(n)]
     flooding.set()
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
