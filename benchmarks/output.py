@@ -74,7 +74,7 @@ class Subscriber:
     :class:`ChangeListener` (``changes``), subscribed after them and joined."""
 
     def __init__(self, proxy: tango.DeviceProxy) -> None:
-        self.lock = threading.Lock()
+        self.arrived = threading.Condition()
         self.outputs: list[tuple[float, float, dict[str, Any]]] = []  # (perf, wall, doc)
         self.proxy = proxy
         self._id = proxy.subscribe_event(
@@ -86,16 +86,32 @@ class Subscriber:
         t, wall = time.perf_counter(), time.time()
         if event.err or not event.attr_value.value:
             return
-        with self.lock:
+        with self.arrived:
             self.outputs.append((t, wall, json.loads(event.attr_value.value)))
+            self.arrived.notify_all()
 
     def until(self, pid: int, state: str) -> float:
         """perf_counter at the arrival of procedure ``pid``'s event in ``state``."""
         return self.changes.until(pid, state)[0]
 
     def output_of(self, pid: int) -> list[tuple[float, float, dict[str, Any]]]:
-        with self.lock:
+        with self.arrived:
             return [o for o in self.outputs if o[2].get("id") == pid]
+
+    def wait_line(self, pid: int, prefix: str, timeout: float) -> bool:
+        """Wait until an event of procedure ``pid`` has carried a line starting with
+        ``prefix``; False if none had within ``timeout`` seconds."""
+
+        def seen() -> bool:
+            return any(
+                line["text"].startswith(prefix)
+                for _t, _w, doc in self.outputs
+                if doc.get("id") == pid
+                for line in doc["lines"]
+            )
+
+        with self.arrived:
+            return self.arrived.wait_for(seen, timeout)
 
     def close(self) -> None:
         self.changes.close()
@@ -154,7 +170,7 @@ def measure(proxy: tango.DeviceProxy, server_pid: int, tmp: pathlib.Path, n: int
     t_end = sub.until(flood, "COMPLETE")
     flooding.clear()
     sampler.join()
-    time.sleep(0.3)  # the last batch follows the final state closely
+    sub.wait_line(flood, "total ", 10.0)  # the last batch may follow the final state
     batches = sub.output_of(flood)
     delivered = sum(len(doc["lines"]) for _t, _w, doc in batches)
     skipped = sum(doc.get("skipped", 0) for _t, _w, doc in batches)
