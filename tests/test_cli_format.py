@@ -444,6 +444,22 @@ def test_prepare_waits_for_ready_and_start_for_running() -> None:
     assert cli.parse_args(["prepare", "file:///abs/x.py", "--wait", "0"]).wait == 0
 
 
+def test_every_final_state_ends_the_wait() -> None:
+    """UNKNOWN is an end as COMPLETE is: ``start --wait`` does not wait the whole --wait."""
+    from ska_oso_oet import cli_output
+    from ska_oso_oet.procedure.states import FINAL_STATES
+
+    names = {s.name for s in FINAL_STATES}
+    for name in sorted(names):
+        for command, reply in (
+            ("start", summary(4, "READY")),
+            ("prepare", summary(3, "CREATING")),
+        ):
+            assert cli.reached(command, reply, summary(reply["id"], name)), (command, name)
+    assert set(cli.FINAL) == names  # one definition, taken from the state machine
+    assert cli_output.FINAL is cli.FINAL
+
+
 def test_describe_shows_init_only_when_it_was_called() -> None:
     no_init = summary(5, "READY", script_args={"init": {"args": [], "kwargs": {}}})
     assert not any(

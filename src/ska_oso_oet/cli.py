@@ -31,6 +31,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
+from ska_oso_oet.procedure.states import FINAL_STATES
+
 DEFAULT_DEVICE = "oet/executor/1"
 PREFIX = "oet: error: "
 USAGE_ERROR = 2
@@ -346,6 +348,8 @@ def _positive_id(text: str) -> int:
 DEFAULT_WAIT = 60.0
 #: States a procedure passes through before it is READY.
 PREPARING = frozenset({"CREATING", "IDLE", "LOADING", "PREP_ENV", "INITIALISING"})
+#: States after which nothing else happens (UNKNOWN too), by name as the JSON has them.
+FINAL = frozenset(state.name for state in FINAL_STATES)
 
 
 def add_wait_args(p: argparse.ArgumentParser, state: str) -> None:
@@ -368,7 +372,7 @@ def reached(command: str, reply: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether ``prepare``/``start`` has seen what it waits for: READY (or an end) after
     Prepare; after Start, the procedure RUNNING since the reply (or an end)."""
     state = str(now.get("state"))
-    if state in ("COMPLETE", "STOPPED", "FAILED"):
+    if state in FINAL:
         return True
     if command == "start":
         return _runs(now) > _runs(reply) or state == "PAUSED"

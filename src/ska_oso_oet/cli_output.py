@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-FINAL = ("COMPLETE", "STOPPED", "FAILED", "UNKNOWN")
+from ska_oso_oet.cli import FINAL
+
 #: Most GetOutput pages read at once (a bound on a reply loop that never ends).
 MAX_PAGES = 100_000
 
