@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from ska_oso_oet.procedure import messages as m
 from ska_oso_oet.procedure.application import PrepareProcessCommand, StartProcessCommand
-from ska_oso_oet.procedure.domain import ProcedureInput, ProcedureState
+from ska_oso_oet.procedure.domain import FileSystemScript, ProcedureInput, ProcedureState
 from tests.helpers import script
 
 S = ProcedureState
@@ -106,3 +108,48 @@ def test_the_server_topics_are_the_ones_a_worker_keeps_to_itself():
     for topic in (manager.CREATE_TOPIC, manager.RUN_TOPIC, manager.STOP_TOPIC):
         assert topic.startswith(m.SERVER_TOPIC_PREFIX)
     assert manager.STATECHANGE_TOPIC.startswith(m.SERVER_TOPIC_PREFIX)
+
+
+def test_a_container_subclass_returned_by_main_completes_with_its_plain_json(
+    make_service, tmp_path
+):
+    """dataclasses.asdict rebuilt a defaultdict by calling its class with the items, which
+    raised TypeError in the worker after main had returned: the procedure went FAILED."""
+    path = tmp_path / "subclass_result.py"
+    path.write_text(
+        "import collections\n\n\ndef main():\n"
+        "    return collections.defaultdict(list, {'a': [1]})\n"
+    )
+    ses = make_service()
+    pid = ses.prepare(
+        PrepareProcessCommand(FileSystemScript(f"file://{path}"), ProcedureInput())
+    ).id
+    ses.wait_for_state(pid, S.READY, TIMEOUT)
+    ses.start(StartProcessCommand(pid, "main", ProcedureInput()))
+    ended = ses.wait_for_state(pid, [S.COMPLETE, S.FAILED, S.STOPPED], TIMEOUT)
+    assert ended.state is S.COMPLETE, ended.history.stacktrace
+    assert ended.result == {"a": [1]}
+
+
+class _Tagged(dict):
+    def __init__(self, tag, **items):
+        super().__init__(**items)
+        self.tag = tag
+
+
+def test_container_subclasses_encode_as_the_plain_json_they_hold():
+    plain = m.encode_from_worker(m.PubSub("user.t", {"d": {"a": [1]}, "l": [1, 2]}))
+    for kwargs in (
+        {"d": collections.defaultdict(list, {"a": [1]}), "l": [1, 2]},
+        {"d": _Tagged("x", a=[1]), "l": _List([1, 2])},
+    ):
+        assert m.encode_from_worker(m.PubSub("user.t", kwargs)) == plain
+    assert m.encode_from_worker(m.Result(collections.OrderedDict(a=1))) == (
+        m.encode_from_worker(m.Result({"a": 1}))
+    )
+
+
+class _List(list):
+    def __init__(self, items, note="n"):
+        super().__init__(items)
+        self.note = note

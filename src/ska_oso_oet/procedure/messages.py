@@ -163,10 +163,26 @@ _KIND = {cls: kind for kind, cls in _FROM_WORKER.items()}
 
 def encode_from_worker(msg: FromWorker) -> bytes:
     """JSON of ``msg``; what JSON cannot hold (a script's own objects in a pub/sub payload)
-    goes as its ``repr``."""
-    doc = {"kind": _KIND[type(msg)], **dataclasses.asdict(msg)}
-    body = json.dumps(doc, default=repr, separators=(",", ":")).encode()
+    goes as its ``repr``.
+
+    The record is built field by field, not by ``dataclasses.asdict``: that rebuilds every
+    container by calling its class, which a ``defaultdict`` or a subclass with an
+    ``__init__`` of its own refuses; ``json`` writes those as the plain JSON they hold."""
+    doc = {"kind": _KIND[type(msg)], **_fields(msg)}
+    body = json.dumps(doc, default=_json_default, separators=(",", ":")).encode()
     return HEADER.pack(len(body)) + body
+
+
+def _fields(record: Any) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+def _json_default(value: Any) -> Any:
+    """A dataclass in a payload goes as the object of its fields (as ``asdict`` made it),
+    anything else JSON cannot hold as its ``repr``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    return repr(value)
 
 
 def _check(value: Any, kind: Any, name: str) -> Any:
