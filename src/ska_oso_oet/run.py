@@ -39,6 +39,7 @@ from typing import IO, Any
 
 import tango
 
+from ska_oso_oet.procedure.settings import DATA_ENV
 from ska_oso_oet.procedure.ui import server as rest
 
 DEFAULT_TANGO_HOST = "localhost:10000"
@@ -434,7 +435,7 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
                 "so none can be started there"
             )
         else:
-            data = pathlib.Path(os.environ.get("OET_DATA_DIR") or repo / ".oet")
+            data = pathlib.Path(os.environ.get(DATA_ENV) or repo / ".oet")
             sqlite = data / f"tango-{port}.sqlite"
             sqlite.parent.mkdir(parents=True, exist_ok=True)
             db_log = open(data / f"tango-{port}.log", "ab")
@@ -446,7 +447,7 @@ def run(tango_host: str, devices: int, repo: pathlib.Path) -> int:
         register(config, tango_host)
         env = child_env(tango_host)
         # what the devices keep (history, output): .oet/data unless $OET_DATA_DIR says
-        env.setdefault("OET_DATA_DIR", str(repo / ".oet" / "data"))
+        env.setdefault(DATA_ENV, str(repo / ".oet" / "data"))
         base = rest_port_base(env)
         instances = device_names(config)
         names: list[str] = []
