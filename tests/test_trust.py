@@ -153,3 +153,19 @@ class _List(list):
     def __init__(self, items, note="n"):
         super().__init__(items)
         self.note = note
+
+
+def test_the_log_pipe_splitter_cuts_an_overlong_line_at_its_own_limit():
+    """A line on the log pipe (which a script can write anything to) over the log splitter's
+    limit is cut at that limit, and the note names it: not at the MAX_LINE of stdout."""
+    from ska_oso_oet.procedure import output
+
+    limit = output._MAX_LOG_RECORD
+    for chunks in ([b"x" * (limit + 10) + b"\n"], [b"x" * (limit + 10), b"tail\n"]):
+        splitter = output._Splitter(limit)
+        lines = [line for chunk in chunks for line in splitter.feed(chunk, 0.0)]
+        [cut] = lines
+        kept, note = cut.split(" [line cut", 1)
+        assert kept == "x" * limit
+        assert f"longer than {limit} bytes" in note
+        assert splitter.feed(b"next\n", 0.0) == ["next"]

@@ -377,13 +377,13 @@ class _Splitter:
                 self.buf += piece
                 piece = bytes(self.buf)
                 self.buf.clear()
-            lines.append(_cut(piece) if len(piece) > self.limit else _decode(piece))
+            lines.append(_cut(piece, self.limit) if len(piece) > self.limit else _decode(piece))
         if last and not self.cutting:
             if not self.buf:
                 self.since = now
             self.buf += last
             if len(self.buf) > self.limit:
-                lines.append(_cut(self.buf))
+                lines.append(_cut(self.buf, self.limit))
                 self.buf.clear()
                 self.cutting = True
         return lines
@@ -412,11 +412,9 @@ def _decode(data: bytes | bytearray) -> str:
     return text.rsplit("\r", 1)[-1] if "\r" in text else text
 
 
-def _cut(data: bytes | bytearray) -> str:
-    return (
-        _decode(data[:MAX_LINE])
-        + f" [line cut: longer than {MAX_LINE} bytes; the rest is left out]"
-    )
+def _cut(data: bytes | bytearray, limit: int) -> str:
+    """The first ``limit`` bytes of a longer line (the limit of the splitter that cut it)."""
+    return _decode(data[:limit]) + f" [line cut: longer than {limit} bytes; the rest is left out]"
 
 
 def _log_line(raw: str) -> tuple[str, str, float | None, str | None]:
