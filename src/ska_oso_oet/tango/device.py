@@ -2,8 +2,10 @@
 
 It parses and validates JSON requests (the pydantic models of :mod:`procedure.ui`), calls the
 service, turns refusals into ``DevFailed`` with a message a person can act on, and pushes a
-change and archive event of ``procedureSummaries`` for every state or history change. No
-business rule lives here.
+change and archive event of ``procedureSummaries`` and of the typed attributes of
+:mod:`.face` for every state or history change, of ``procedureOutput`` and
+``procedureMessages`` for what scripts write and send, and change events of State and Status.
+No business rule lives here.
 """
 
 from __future__ import annotations
@@ -176,9 +178,9 @@ class ObservationExecutionTool(SKADevice):
         self.init_ska()
         self._ses: ScriptExecutionService | None = None
         self._rest: rest.RestServer | None = None
-        # each procedure's summary as JSON text, and its state: only the changed one is
-        # serialised again on a change
         if self._events is None:  # the first init: the device's one event thread, for good
+            # each procedure's summary as JSON text: only the changed one is serialised again
+            # on a change
             self._summary_text: dict[int, str] = {}
             self._summaries_json = "[]"
             self._face = face.Face()  # typed attributes (procedureChange, procedureIds, ...)
@@ -191,10 +193,9 @@ class ObservationExecutionTool(SKADevice):
             self._live = threading.Event()
             self._resets_pending = 0  # Resets queued and not yet pushed
             self._resets_lock = threading.Lock()
-            self._pusher = threading.Thread(
+            threading.Thread(
                 target=self._push_loop, args=(self._events,), name="oet-events", daemon=True
-            )
-            self._pusher.start()
+            ).start()
         self._shown: tuple[DevState, str] | None = None  # the State and Status last set
         for name in ("procedureOutput", "procedureMessages"):
             self.set_change_event(name, True, False)
@@ -304,8 +305,6 @@ class ObservationExecutionTool(SKADevice):
             while True:
                 summary = events.get()
                 self._live.wait()  # an item of an Init waits for the new init, never lost
-                if summary is None:
-                    return
                 if isinstance(summary, _Reset):
                     with self._resets_lock:
                         self._resets_pending -= 1

@@ -189,7 +189,8 @@ def build_state() -> str:
 
 
 class SKADevice(Device):
-    """A Tango Device with adminMode, healthState, versionId, buildState and loggingLevel.
+    """A Tango Device with adminMode, healthState, versionId, buildState, loggingLevel and
+    loggingTargets.
 
     The device calls :meth:`init_ska` from ``init_device`` and implements
     :meth:`admin_mode_changed`. Its logger is the ``ska_oso_oet`` package logger.
