@@ -10,11 +10,14 @@ from typing import Any
 
 import psutil
 import pytest
+import tango
 from pubsub import pub
 
+from ska_oso_oet import run
 from ska_oso_oet.procedure.application import ScriptExecutionService
 from ska_oso_oet.testing import make_wheel
-from tests.helpers import Repo
+from tests import databases
+from tests.helpers import DEVICE, REPO, Oet, Repo, client_env
 
 # Tango servers started by the tests listen on loopback only (omniORB reads its options from
 # the environment; a server forked from this process would otherwise listen on every address).
@@ -144,3 +147,28 @@ def repo(tmp_path: pathlib.Path) -> Repo:
     """A local repository of scripts; uses_dep.py needs localdep, a wheel beside it."""
     wheel = make_wheel(tmp_path)
     return Repo(tmp_path, f"localdep @ {wheel.as_uri()}")
+
+
+@pytest.fixture(scope="module", params=databases.DATABASES)
+def oet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oet]:
+    """A server on a fresh Tango database of each kind, registered as ``make run`` registers
+    it; one per module that uses it."""
+    tmp = tmp_path_factory.mktemp(f"oet-e2e-{request.param}")
+    with databases.tango_database(request.param, tmp) as tango_host:
+        env = client_env(tango_host)
+        env["OET_DATA_DIR"] = str(tmp / "data")  # the server's history and output
+        calls = run.register(run.load_config(repo=REPO), tango_host)
+        assert calls, "registering into a fresh database should write something"
+        host, port = run.parse_tango_host(tango_host)
+        db = tango.Database(host, port)
+        props = db.get_device_property(DEVICE, ["ScriptRoots", "AbortScript", "MaxRunning"])
+        assert list(props["ScriptRoots"]) == [str(REPO / "scripts")]
+        assert list(props["AbortScript"]) == [f"file://{REPO / 'scripts' / 'abort.py'}"]
+        assert list(props["MaxRunning"]) == ["1"]
+        assert run.register(run.load_config(repo=REPO), tango_host) == []  # idempotent
+        server = Oet(tango_host, env, tmp / "server.log")
+        try:
+            server.start_server()
+            yield server
+        finally:
+            server.stop_server()

@@ -1,4 +1,5 @@
-"""The production Tango database for the end-to-end tests: Tango's C++ DataBaseds on MariaDB.
+"""The Tango databases of the end-to-end tests: pytango-db (PyDatabaseds, what ``make run``
+starts), and the production one, Tango's C++ DataBaseds on MariaDB.
 
 Control rooms run this one, not pytango-db. Both servers are started here, in a temporary folder,
 on free loopback ports, from Debian's packages (``tango-db`` and ``mariadb-server``, which
@@ -6,6 +7,8 @@ on free loopback ports, from Debian's packages (``tango-db`` and ``mariadb-serve
 the files the ``tango-db`` package ships (``dpkg -L tango-db``), then DataBaseds serves it. Nothing
 here reads or writes the machine's own MariaDB or ``/etc/tangorc``; everything started is stopped
 by PID.
+
+``tango_database`` starts either kind.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
+from ska_oso_oet import run
 from tests.helpers import free_port
 
 DATABASEDS = pathlib.Path("/usr/lib/tango/DataBaseds")
@@ -187,3 +193,38 @@ def databaseds(folder: pathlib.Path) -> Iterator[str]:
             yield f"127.0.0.1:{port}"
         finally:
             _stop(proc)
+
+
+@contextmanager
+def pytango_db(folder: pathlib.Path) -> Iterator[str]:
+    """A fresh PyDatabaseds on a free loopback port, its SQLite file and log in ``folder``;
+    yields its TANGO_HOST."""
+    port = free_port()
+    with open(folder / "db.log", "wb") as log:
+        proc = run.start_database("127.0.0.1", port, folder / "tango.sqlite", log=log)
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            run.stop_process(proc)
+
+
+#: The Tango databases the end-to-end tests run against: pytango-db (what ``make run`` starts)
+#: and the C++ DataBaseds on MariaDB (what control rooms run).
+DATABASES = ["pytango-db", "DataBaseds"]
+
+
+@contextmanager
+def tango_database(kind: str, folder: pathlib.Path) -> Iterator[str]:
+    """A fresh Tango database of ``kind`` (one of DATABASES) on a free loopback port; yields
+    its TANGO_HOST. DataBaseds where it cannot run: skipped, except in CI, where it fails."""
+    if kind == "DataBaseds":
+        reason = missing()
+        if reason:
+            if os.environ.get("CI"):  # CI installs the packages: never skip there
+                pytest.fail(f"CI must run the C++ Tango database: {reason}")
+            pytest.skip(f"not run on the C++ Tango database (DataBaseds on MariaDB): {reason}")
+        with databaseds(folder) as tango_host:
+            yield tango_host
+        return
+    with pytango_db(folder) as tango_host:
+        yield tango_host

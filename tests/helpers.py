@@ -1,20 +1,25 @@
 """Helpers shared by the test modules (fixtures live in conftest.py): the test scripts, a
-service-side history waiter, a local git repository of scripts, and a Tango client that records
-procedureSummaries events."""
+service-side history waiter, a local git repository of scripts, a Tango client that records
+procedureSummaries events, the ``oet`` command line, and a server on a Tango database as
+``make run`` serves it."""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import tango
 
+from ska_oso_oet import run
 from ska_oso_oet.procedure.application import (
     PrepareProcessCommand,
     ProcedureSummary,
@@ -47,12 +52,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def device_properties(tmp_path: pathlib.Path, **more: Any) -> dict[str, Any]:
+ABORT = "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
+
+
+def device_properties(tmp_path: pathlib.Path, abort: str = ABORT, **more: Any) -> dict[str, Any]:
     """Properties of a test device: the test scripts and ``tmp_path`` as ScriptRoots, and an
-    abort script of its own in ``tmp_path``; ``more`` adds or overrides."""
-    (tmp_path / "abort.py").write_text(
-        "def init(subarray_id=None):\n    pass\n\n\ndef main():\n    pass\n"
-    )
+    abort script of its own in ``tmp_path`` (its text: ``abort``); ``more`` adds or
+    overrides."""
+    (tmp_path / "abort.py").write_text(abort)
     return {
         "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
         "AbortScript": f"file://{tmp_path}/abort.py",
@@ -284,4 +291,78 @@ class Repo:
     def script(self, path: str, create_env: bool = False, **git_args: str) -> GitScript:
         return GitScript(
             f"git://{path}", git_args=GitArgs(git_repo=self.url, **git_args), create_env=create_env
+        )
+
+
+# -- the oet command line, and a server on a Tango database as `make run` serves it -----------
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(sys.executable).parent
+#: The device ``make run`` registers, and how long its server may take to start or answer.
+DEVICE = "oet/executor/1"
+SERVER_TIMEOUT = 60.0
+
+
+def run_oet(address: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """The ``oet`` command line, run as a user runs it, on the device at ``address``."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("OET_DEVICE", None)
+    return subprocess.run(
+        [str(BIN / "oet"), "--device", address, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def client_env(tango_host: str) -> dict[str, str]:
+    """The environment of a client (or a server) of the database at ``tango_host``."""
+    env = run.child_env(tango_host)  # TANGO_HOST, and ORBendPoint on loopback
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["OET_DEVICE"] = DEVICE
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Oet:
+    """A device server registered in a Tango database, and the ``oet`` command line for it."""
+
+    tango_host: str
+    env: dict[str, str]
+    server_log: pathlib.Path
+    server: subprocess.Popen[bytes] | None = None
+
+    def start_server(self) -> None:
+        with open(self.server_log, "ab") as log:
+            self.server = run.start_server(1, self.env, log=log)
+        run.wait_for_device(DEVICE, SERVER_TIMEOUT, tango_host=self.tango_host, proc=self.server)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            run.stop_process(self.server)
+            self.server = None
+
+    @property
+    def trl(self) -> str:
+        return f"tango://{self.tango_host}/{DEVICE}"
+
+    def proxy(self) -> tango.DeviceProxy:
+        return tango.DeviceProxy(self.trl)
+
+    def log_tail(self) -> str:
+        text = self.server_log.read_text(errors="replace") if self.server_log.exists() else ""
+        return "\n--- server log (tail) ---\n" + text[-4000:]
+
+    def cli(self, *args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "oet"), *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=SERVER_TIMEOUT,
+            check=False,
         )

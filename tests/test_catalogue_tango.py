@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,11 +15,10 @@ from tango.test_context import DeviceTestContext
 from ska_oso_oet.procedure import catalogue
 from ska_oso_oet.tango.device import ObservationExecutionTool
 from ska_oso_oet.tango.ska import AdminMode
-from tests.helpers import SummaryEvents
+from tests.helpers import SummaryEvents, run_oet
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 
-BIN = pathlib.Path(sys.executable).parent
 TIMEOUT = 30
 
 OBSERVE = '''"""Observe a target with one subarray.
@@ -160,22 +157,9 @@ def test_no_script_roots_no_scripts():
         assert json.loads(proxy.ListScripts("")) == []
 
 
-def oet(context: DeviceTestContext, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("OET_DEVICE", None)
-    return subprocess.run(
-        [str(BIN / "oet"), "--device", context.get_device_access(), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
 def test_oet_scripts_lists_the_catalogue_for_people_and_as_json(context, roots):
     root, _ = roots
-    shown = oet(context, "scripts")
+    shown = run_oet(context.get_device_access(), "scripts")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [
         uri(root, "observe.py"),
@@ -186,12 +170,12 @@ def test_oet_scripts_lists_the_catalogue_for_people_and_as_json(context, roots):
         uri(root, "sub/broken.py"),
         "    cannot be read: SyntaxError: '(' was never closed (line 1)",
     ]
-    raw = oet(context, "scripts", "--json")
+    raw = run_oet(context.get_device_access(), "scripts", "--json")
     assert raw.returncode == 0, raw.stderr
     assert json.loads(raw.stdout) == json.loads(context.device.ListScripts(""))
 
 
 def test_oet_prepare_help_points_to_oet_scripts(context):
-    shown = oet(context, "prepare", "--help")
+    shown = run_oet(context.get_device_access(), "prepare", "--help")
     assert shown.returncode == 0, shown.stderr
     assert "`oet scripts` lists" in " ".join(shown.stdout.split())

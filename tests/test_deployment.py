@@ -37,6 +37,7 @@ import tango
 import yaml
 
 from ska_oso_oet import __version__, run
+from tests import databases
 from tests.helpers import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -310,13 +311,8 @@ def test_chart_volumes_match_the_image_and_the_properties() -> None:
 @pytest.fixture
 def tango_db(tmp_path: pathlib.Path) -> Iterator[str]:
     """A fresh PyDatabaseds on a free 127.0.0.1 port: yields its TANGO_HOST."""
-    port = free_port()
-    with open(tmp_path / "db.log", "wb") as log:
-        db = run.start_database("127.0.0.1", port, tmp_path / "tango.sqlite", log=log)
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            run.stop_process(db)
+    with databases.pytango_db(tmp_path) as tango_host:
+        yield tango_host
 
 
 def read_back(tango_host: str, config: dict[str, Any]) -> dict[str, Any]:

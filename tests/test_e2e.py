@@ -8,7 +8,6 @@ block. Tests wait on change events or on output lines, never on fixed sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
@@ -27,15 +26,22 @@ import tango
 
 from ska_oso_oet import run
 from ska_oso_oet.tango.ska import AdminMode, HealthState, LoggingLevel
-from tests import databases
-from tests.helpers import SummaryEvents, free_port, joined
+from tests.helpers import (
+    BIN,
+    DEVICE,
+    REPO,
+    Oet,
+    SummaryEvents,
+    client_env,
+    free_port,
+    joined,
+    prepare_request,
+    start_request,
+)
 
 pytestmark = pytest.mark.tango
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-BIN = pathlib.Path(sys.executable).parent
-DEVICE = "oet/executor/1"
 TIMEOUT = 60.0
 
 WITH_INIT = [
@@ -54,103 +60,6 @@ STOPPED_NO_INIT = ["CREATING", "IDLE", "LOADING", "IDLE", "READY", "RUNNING", "S
 
 def uri(name: str) -> str:
     return f"file://{SCRIPTS / name}"
-
-
-@dataclass
-class Oet:
-    tango_host: str
-    env: dict[str, str]
-    server_log: pathlib.Path
-    server: subprocess.Popen[bytes] | None = None
-
-    def start_server(self) -> None:
-        with open(self.server_log, "ab") as log:
-            self.server = run.start_server(1, self.env, log=log)
-        run.wait_for_device(DEVICE, TIMEOUT, tango_host=self.tango_host, proc=self.server)
-
-    def stop_server(self) -> None:
-        if self.server is not None:
-            run.stop_process(self.server)
-            self.server = None
-
-    @property
-    def trl(self) -> str:
-        return f"tango://{self.tango_host}/{DEVICE}"
-
-    def proxy(self) -> tango.DeviceProxy:
-        return tango.DeviceProxy(self.trl)
-
-    def log_tail(self) -> str:
-        text = self.server_log.read_text(errors="replace") if self.server_log.exists() else ""
-        return "\n--- server log (tail) ---\n" + text[-4000:]
-
-    def cli(self, *args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "oet"), *args],
-            env=self.env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-
-
-def client_env(tango_host: str) -> dict[str, str]:
-    env = run.child_env(tango_host)  # TANGO_HOST, and ORBendPoint on loopback
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["OET_DEVICE"] = DEVICE
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-#: The Tango databases every test here runs against: pytango-db (what ``make run`` starts) and the
-#: C++ DataBaseds on MariaDB (what control rooms run; see tests/databases.py).
-DATABASES = ["pytango-db", "DataBaseds"]
-
-
-@contextlib.contextmanager
-def tango_database(kind: str, tmp: pathlib.Path) -> Iterator[str]:
-    """A fresh Tango database of the given kind on a free loopback port; yields its TANGO_HOST."""
-    if kind == "DataBaseds":
-        reason = databases.missing()
-        if reason:
-            if os.environ.get("CI"):  # CI installs the packages: never skip there
-                pytest.fail(f"CI must run the C++ Tango database: {reason}")
-            pytest.skip(f"not run on the C++ Tango database (DataBaseds on MariaDB): {reason}")
-        with databases.databaseds(tmp) as tango_host:
-            yield tango_host
-        return
-    port = free_port()
-    with open(tmp / "db.log", "wb") as db_log:
-        proc = run.start_database("127.0.0.1", port, tmp / "tango.sqlite", log=db_log)
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            run.stop_process(proc)
-
-
-@pytest.fixture(scope="module", params=DATABASES)
-def oet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oet]:
-    tmp = tmp_path_factory.mktemp(f"oet-e2e-{request.param}")
-    with tango_database(request.param, tmp) as tango_host:
-        env = client_env(tango_host)
-        env["OET_DATA_DIR"] = str(tmp / "data")  # the server's history and output
-        calls = run.register(run.load_config(repo=REPO), tango_host)
-        assert calls, "registering into a fresh database should write something"
-        host, port = run.parse_tango_host(tango_host)
-        db = tango.Database(host, port)
-        props = db.get_device_property(DEVICE, ["ScriptRoots", "AbortScript", "MaxRunning"])
-        assert list(props["ScriptRoots"]) == [str(SCRIPTS)]
-        assert list(props["AbortScript"]) == [uri("abort.py")]
-        assert list(props["MaxRunning"]) == ["1"]
-        assert run.register(run.load_config(repo=REPO), tango_host) == []  # idempotent
-        oet = Oet(tango_host, env, tmp / "server.log")
-        try:
-            oet.start_server()
-            yield oet
-        finally:
-            oet.stop_server()
 
 
 class Subscriber(SummaryEvents):
@@ -239,16 +148,12 @@ def test_every_subscriber_sees_every_state_in_order(
 ) -> None:
     first, second = subscribe(), subscribe()
     device = oet.proxy()
-    request = {
-        "script": {"script_type": "filesystem", "script_uri": uri("hello.py")},
-        "script_args": {"init": {"args": [], "kwargs": {"subarray_id": 3}}},
-    }
-    created = json.loads(device.Prepare(json.dumps(request)))
+    created = json.loads(device.Prepare(prepare_request(SCRIPTS / "hello.py", subarray_id=3)))
     pid = created["id"]
     assert created["state"] == "CREATING", oet.log_tail()
     first.wait_for(pid, "READY")
 
-    started = json.loads(device.Start(json.dumps({"id": pid, "run_args": {"kwargs": {}}})))
+    started = json.loads(device.Start(start_request(pid)))
     assert started["id"] == pid
     first.wait_for(pid, "COMPLETE")
     second.wait_for(pid, "COMPLETE")
@@ -621,7 +526,7 @@ def test_a_real_server_leaves_no_orphan_of_a_worker_killed_from_outside(oet: Oet
         daemon_script = f"file://{REPO / 'tests' / 'scripts' / 'daemonizer.py'}"
         pid = json.loads(device.Prepare(daemon_script))["id"]
         events.wait_for(pid, "READY")
-        device.Start(json.dumps({"id": pid, "run_args": {"args": [600], "kwargs": {}}}))
+        device.Start(start_request(pid, "main", 600))
         events.wait_for(pid, "RUNNING")
         assert oet.server is not None
         below = []

@@ -23,8 +23,7 @@ from tango.test_context import DeviceTestContext
 
 from ska_oso_oet.procedure import settings
 from ska_oso_oet.tango.device import ObservationExecutionTool
-from tests.databases import free_port
-from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents, prepare_request
+from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents, free_port, prepare_request
 
 pytestmark = [pytest.mark.forked, pytest.mark.tango]
 

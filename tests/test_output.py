@@ -24,8 +24,15 @@ from ska_oso_oet.procedure.application import (
 )
 from ska_oso_oet.procedure.scripts import FileSystemScript, ProcedureInput
 from ska_oso_oet.procedure.states import ProcedureState
-from tests.helpers import SummaryEvents, joined, prepare_request, start_request
-from tests.test_e2e import REPO, Oet, oet  # noqa: F401  (oet: a server on a database, as make run)
+from tests.helpers import (
+    REPO,
+    Oet,
+    SummaryEvents,
+    joined,
+    prepare_request,
+    run_oet,
+    start_request,
+)
 
 TIMEOUT = 30
 FINAL = {"COMPLETE", "STOPPED", "FAILED"}
@@ -649,26 +656,11 @@ def test_oet_logs_and_follow(device: Any, tmp_path: pathlib.Path) -> None:
     texts = [line.split(" ", 2)[2] for line in out.splitlines()]
     assert texts == expected  # no gap, no duplicate, in order
     assert out.splitlines()[1].split()[1] == "stderr"
-    done = subprocess.run(
-        [sys.executable, "-m", "ska_oso_oet.cli", "--device", address, "logs", str(pid)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    done = run_oet(address, "logs", str(pid), timeout=TIMEOUT)
     assert done.returncode == 0 and done.stdout == out
-    as_json = subprocess.run(
-        [sys.executable, "-m", "ska_oso_oet.cli", "--device", address, "--json", "logs", str(pid)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    as_json = run_oet(address, "--json", "logs", str(pid), timeout=TIMEOUT)
     assert [json.loads(x)["text"] for x in as_json.stdout.splitlines()] == expected
-    missing = subprocess.run(
-        [sys.executable, "-m", "ska_oso_oet.cli", "--device", address, "logs", "999"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    missing = run_oet(address, "logs", "999", timeout=TIMEOUT)
     assert missing.returncode != 0 and "999" in missing.stderr
 
 
@@ -724,7 +716,7 @@ def test_output_kept_by_an_earlier_hub_is_read_back_and_forgotten(tmp_path: path
 
 
 @pytest.mark.tango
-def test_oet_logs_from_a_shell_against_a_server_on_a_database(oet: Oet) -> None:  # noqa: F811
+def test_oet_logs_from_a_shell_against_a_server_on_a_database(oet: Oet) -> None:
     prepared = oet.cli("--json", "prepare", "scripts/long_running.py", cwd=REPO)
     assert prepared.returncode == 0, prepared.stderr + oet.log_tail()
     pid = json.loads(prepared.stdout)["id"]

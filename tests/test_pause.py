@@ -34,12 +34,13 @@ from tests.helpers import (
     SCRIPTS,
     TIMEOUT,
     SummaryEvents,
+    device_properties,
     prepare_request,
+    run_oet,
     script,
     start_request,
     states,
 )
-from tests.test_catalogue_tango import oet  # the CLI, run as a user runs it
 
 S = ProcedureState
 FINAL = [S.COMPLETE, S.STOPPED, S.FAILED]
@@ -108,14 +109,11 @@ class Watch:
     def __init__(self, ses, pid: int) -> None:
         self.ses, self.pid = ses, pid
         self.summaries: list[ProcedureSummary] = []
-        self._cond = threading.Condition()
         ses.add_listener(self._on)
 
     def _on(self, summary: ProcedureSummary) -> None:
         if summary.id == self.pid:
-            with self._cond:
-                self.summaries.append(summary)
-                self._cond.notify_all()
+            self.summaries.append(summary)
 
     def close(self) -> None:
         self.ses.remove_listener(self._on)
@@ -479,12 +477,8 @@ def test_git_scripts_import_the_scripting_module(make_service, repo, tmp_path, c
 
 @pytest.fixture
 def device(tmp_path) -> Iterator[tuple[tango.DeviceProxy, DeviceTestContext]]:
-    (tmp_path / "abort.py").write_text("def main():\n    return 'aborted'\n")
-    properties = {
-        "ScriptRoots": [str(SCRIPTS), str(tmp_path)],
-        "AbortScript": f"file://{tmp_path}/abort.py",
-        "StopGracePeriod": 30.0,
-    }
+    abort = "def main():\n    return 'aborted'\n"
+    properties = device_properties(tmp_path, abort=abort, StopGracePeriod=30.0)
     context = DeviceTestContext(
         ObservationExecutionTool, device_name="oet/executor/1", properties=properties
     )
@@ -560,14 +554,14 @@ def test_progress_result_and_the_cli(device, gate):
         events.wait_for(pid, "READY")
         proxy.Start(start_request(pid, port=gate.port, n=2))
         events.wait_for(pid, "RUNNING")
-        shown = oet(context, "pause", str(pid))
+        shown = run_oet(context.get_device_access(), "pause", str(pid))
         assert shown.returncode == 0, shown.stderr
         assert "RUNNING" in shown.stdout and "next checkpoint()" in shown.stdout
         gate.step(b"p")
         events.wait_for(pid, "PAUSED")
-        refused = oet(context, "pause", str(pid))
+        refused = run_oet(context.get_device_access(), "pause", str(pid))
         assert refused.returncode != 0 and "already PAUSED" in refused.stderr
-        resumed = oet(context, "--json", "resume", str(pid))
+        resumed = run_oet(context.get_device_access(), "--json", "resume", str(pid))
         assert resumed.returncode == 0, resumed.stderr
         assert json.loads(resumed.stdout)["id"] == pid
         gate.step()
@@ -577,10 +571,10 @@ def test_progress_result_and_the_cli(device, gate):
         assert done["result"] == {"steps": 2, "procedure_id": pid, "init_id": pid}
         assert done["progress"]["fraction"] == 1.0
         assert done["progress"]["message"] == "step 2 of 2"
-        described = oet(context, "describe", str(pid))
+        described = run_oet(context.get_device_access(), "describe", str(pid))
         assert "progress:    100% step 2 of 2" in described.stdout
         assert '"procedure_id": ' in described.stdout
-        late = oet(context, "resume", str(pid))
+        late = run_oet(context.get_device_access(), "resume", str(pid))
         assert late.returncode != 0 and "COMPLETE, not PAUSED" in late.stderr
     finally:
         events.close()
