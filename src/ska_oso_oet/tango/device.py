@@ -337,8 +337,7 @@ class ObservationExecutionTool(SKADevice):
             else:
                 self._last_message = text
                 name = "procedureMessages"
-            self.push_change_event(name, text)
-            self.push_archive_event(name, text)
+            self._push_both(name, text)
         except Exception:
             LOGGER.exception("Procedure %s: pushing its output or message failed", item.id)
 
@@ -350,8 +349,7 @@ class ObservationExecutionTool(SKADevice):
             self._face.update(summary, self._keep(summary), None)
         self._rejoin()
         self._set_state()
-        self.push_change_event("procedureSummaries", self._summaries_json)
-        self.push_archive_event("procedureSummaries", self._summaries_json)
+        self._push_both("procedureSummaries", self._summaries_json)
         self._push_face(every=True)
         self._push_state()
 
@@ -370,8 +368,7 @@ class ObservationExecutionTool(SKADevice):
         # change event goes out before anything else, for it is what clients wait for. The
         # ends of before an Init leave State as the Init set it, from the new service.
         changed = self._set_state() if not self._resets_pending else False
-        self.push_change_event("procedureSummaries", self._summaries_json)
-        self.push_archive_event("procedureSummaries", self._summaries_json)
+        self._push_both("procedureSummaries", self._summaries_json)
         self._push_face()
         if changed:
             self._push_state()
@@ -396,8 +393,7 @@ class ObservationExecutionTool(SKADevice):
             if not every and self._face_pushed.get(name) == value:
                 continue  # an event is a change: none for a value that stayed
             self._face_pushed[name] = value
-            self.push_change_event(name, value)
-            self.push_archive_event(name, value)
+            self._push_both(name, value)
 
     def _update_state(self) -> None:
         if self._set_state():

@@ -14,6 +14,7 @@ import logging.handlers
 import platform
 import sys
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import tango
@@ -54,6 +55,16 @@ PYTHON_LEVELS = {
     LoggingLevel.WARNING: logging.WARNING,
     LoggingLevel.INFO: logging.INFO,
     LoggingLevel.DEBUG: logging.DEBUG,
+}
+
+#: SKA's logging level -> the level of the device's Tango logger (the Tango Logging Service).
+TANGO_LEVELS = {
+    LoggingLevel.OFF: tango.LogLevel.LOG_OFF,
+    LoggingLevel.FATAL: tango.LogLevel.LOG_FATAL,
+    LoggingLevel.ERROR: tango.LogLevel.LOG_ERROR,
+    LoggingLevel.WARNING: tango.LogLevel.LOG_WARN,
+    LoggingLevel.INFO: tango.LogLevel.LOG_INFO,
+    LoggingLevel.DEBUG: tango.LogLevel.LOG_DEBUG,
 }
 
 #: Python's level -> the Tango Logging Service's (log4tango) method of a device's logger.
@@ -140,8 +151,9 @@ class TangoLogHandler(logging.Handler):
         try:
             message = self.format(record)
             logger = device.get_logger()
-            levels = _TANGO_LOG_METHODS
-            method = next((m for level, m in levels if record.levelno >= level), "debug")
+            method = next(
+                (m for level, m in _TANGO_LOG_METHODS if record.levelno >= level), "debug"
+            )
             getattr(logger, method)(message)
         except Exception:  # a logging target never breaks the code that logs
             self.handleError(record)
@@ -258,19 +270,22 @@ class SKADevice(Device):
     def adminMode(self, value: int) -> None:
         mode = AdminMode(value)
         self._admin_mode = mode
-        self.push_change_event("adminMode", mode)
-        self.push_archive_event("adminMode", mode)
+        self._push_both("adminMode", mode)
         self.admin_mode_changed(mode)
 
     @attribute(dtype=HealthState, doc="SKA health state of the device")
     def healthState(self) -> HealthState:
         return self._health_state
 
+    def _push_both(self, name: str, value: Any) -> None:
+        """A change event of attribute ``name``, then an archive event, both of ``value``."""
+        self.push_change_event(name, value)
+        self.push_archive_event(name, value)
+
     def set_health(self, health: HealthState) -> None:
         if health != self._health_state:
             self._health_state = health
-            self.push_change_event("healthState", health)
-            self.push_archive_event("healthState", health)
+            self._push_both("healthState", health)
 
     @attribute(dtype=str, doc="Version of the device software")
     def versionId(self) -> str:
@@ -291,21 +306,12 @@ class SKADevice(Device):
     @loggingLevel.write  # type: ignore[no-redef]
     def loggingLevel(self, value: int) -> None:
         self._apply_logging_level(LoggingLevel(value))
-        self.push_change_event("loggingLevel", self._logging_level)
-        self.push_archive_event("loggingLevel", self._logging_level)
+        self._push_both("loggingLevel", self._logging_level)
 
     def _apply_logging_level(self, level: LoggingLevel) -> None:
         self._logging_level = level
         logging.getLogger("ska_oso_oet").setLevel(PYTHON_LEVELS[level])
-        tango_level = {
-            LoggingLevel.OFF: tango.LogLevel.LOG_OFF,
-            LoggingLevel.FATAL: tango.LogLevel.LOG_FATAL,
-            LoggingLevel.ERROR: tango.LogLevel.LOG_ERROR,
-            LoggingLevel.WARNING: tango.LogLevel.LOG_WARN,
-            LoggingLevel.INFO: tango.LogLevel.LOG_INFO,
-            LoggingLevel.DEBUG: tango.LogLevel.LOG_DEBUG,
-        }[level]
-        self.get_logger().set_level(tango_level)
+        self.get_logger().set_level(TANGO_LEVELS[level])
 
     @attribute(
         dtype=(str,),
@@ -325,8 +331,7 @@ class SKADevice(Device):
             tango.Except.throw_exception(
                 "OET_InvalidRequest", str(exc), "ObservationExecutionTool.loggingTargets"
             )
-        self.push_change_event("loggingTargets", list(self._logging_targets))
-        self.push_archive_event("loggingTargets", list(self._logging_targets))
+        self._push_both("loggingTargets", list(self._logging_targets))
 
     def _apply_logging_targets(self, targets: Sequence[str] | None) -> None:
         """Replace the logging targets; ValueError (nothing changed) for a bad one."""
