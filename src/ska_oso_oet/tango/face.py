@@ -32,15 +32,18 @@ from ska_oso_oet.procedure.application import ProcedureSummary
 from ska_oso_oet.procedure.errors import error_line
 from ska_oso_oet.procedure.states import ACTIVE_STATES, ProcedureState
 
-#: Attributes of the face, in the order their events are pushed (after procedureSummaries).
-ATTRIBUTES = (
-    "procedureChange",
-    "procedureIds",
-    "procedureStates",
-    "procedureScripts",
-    "runningProcedureIds",
-    "lastFailure",
-)
+#: Each attribute of the face -> the field of :class:`Face` that holds its value, in the order
+#: their events are pushed (after procedureSummaries).
+FIELDS = {
+    "procedureChange": "change",
+    "procedureIds": "ids",
+    "procedureStates": "states",
+    "procedureScripts": "scripts",
+    "runningProcedureIds": "running",
+    "lastFailure": "last_failure",
+}
+#: Attributes of the face, in the order their events are pushed.
+ATTRIBUTES = tuple(FIELDS)
 
 #: The most entries a spectrum attribute here holds (far above any sensible HistoryLength).
 MAX_PROCEDURES = 100_000
@@ -108,12 +111,6 @@ class Face:
         self.change = text
 
     def value(self, name: str) -> Any:
-        """The value of attribute ``name`` (one of :data:`ATTRIBUTES`)."""
-        return {
-            "procedureChange": lambda: self.change,
-            "procedureIds": lambda: list(self.ids),
-            "procedureStates": lambda: list(self.states),
-            "procedureScripts": lambda: list(self.scripts),
-            "runningProcedureIds": lambda: list(self.running),
-            "lastFailure": lambda: self.last_failure,
-        }[name]()
+        """The value of attribute ``name`` (one of :data:`ATTRIBUTES`): a spectrum as a list."""
+        value = getattr(self, FIELDS[name])
+        return list(value) if isinstance(value, tuple) else value
