@@ -122,10 +122,7 @@ class _LogCapture:
             }
             encoded = json.dumps(doc, default=repr, ensure_ascii=False) + "\n"
             data = encoded.encode("utf-8", "replace")
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            fence(("stdout", "stderr"))
+            flush_and_fence(("stdout", "stderr"))
             with self._lock:
                 view = memoryview(data)
                 while view:
@@ -165,6 +162,15 @@ def fence(streams: tuple[str, ...] = STREAMS) -> None:
             return
         time.sleep(delay)
         delay = min(delay * 2, 0.002)
+
+
+def flush_and_fence(streams: tuple[str, ...] = STREAMS) -> None:
+    """In a worker: flush sys.stdout and sys.stderr, then :func:`fence` ``streams``, so that
+    what was written before reaches the server before what comes next."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    fence(streams)
 
 
 class _FencedText(io.TextIOWrapper):
@@ -220,10 +226,7 @@ _PROCESS_EVENTS = frozenset(
 
 def _before_a_process(event: str, args: Any) -> None:
     if event in _PROCESS_EVENTS:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        fence()
+        flush_and_fence()
 
 
 def capture_logging(fd: int, level: int = logging.INFO) -> None:

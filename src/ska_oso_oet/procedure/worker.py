@@ -460,10 +460,11 @@ def _interrupting(
 
 
 def _fence_output() -> None:
-    _flush_std_streams()
-    output = sys.modules.get("ska_oso_oet.procedure.output")
+    output = sys.modules.get("ska_oso_oet.procedure.output")  # imported when output is captured
     if output is not None:
-        output.fence()
+        output.flush_and_fence()
+    else:
+        _flush_std_streams()
 
 
 def _default_sigterm() -> None:
