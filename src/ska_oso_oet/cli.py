@@ -28,7 +28,7 @@ import pathlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from ska_oso_oet.procedure.states import FINAL_STATES
@@ -526,13 +526,14 @@ def request_for(args: argparse.Namespace) -> tuple[str, str]:
     raise UsageError(f"unknown command {args.command!r}")
 
 
-def printable(value: Any) -> str:
+def printable(value: Any, keep: str = "") -> str:
     """``value`` as text with no control characters (a file name or a docstring cannot move
-    the cursor or recolour the terminal): each is shown escaped, e.g. ``\\x1b``."""
+    the cursor or recolour the terminal): each is shown escaped, e.g. ``\\x1b``, except
+    those in ``keep`` (``"\\t"`` for a script's output)."""
     text = str(value)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def _first_line(text: Any) -> str:
@@ -730,6 +731,18 @@ def _command_and_wait(args: argparse.Namespace, proxy: Any, name: str, argin: st
             pass
 
 
+def line_writer(out: TextIO, stop: threading.Event) -> Callable[[str], None]:
+    """Print a line to ``out`` at once; a closed pipe (``oet listen | head``) sets ``stop``."""
+
+    def write(text: str) -> None:
+        try:
+            print(text, file=out, flush=True)
+        except (BrokenPipeError, ValueError):
+            stop.set()
+
+    return write
+
+
 def run_listen(args: argparse.Namespace, out: TextIO, stop: threading.Event | None = None) -> int:
     """Print each new history entry of every procedure until Ctrl-C (or ``stop`` is set)."""
     import tango
@@ -738,12 +751,7 @@ def run_listen(args: argparse.Namespace, out: TextIO, stop: threading.Event | No
     tracker = HistoryTracker()
     lock = threading.Lock()
     first = [True]
-
-    def write(text: str) -> None:
-        try:
-            print(text, file=out, flush=True)
-        except (BrokenPipeError, ValueError):
-            stop.set()
+    write = line_writer(out, stop)
 
     def callback(event: Any) -> None:
         if event.err:

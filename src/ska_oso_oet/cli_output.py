@@ -21,16 +21,14 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ska_oso_oet.cli import FINAL
+from ska_oso_oet.cli import FINAL, line_writer, printable
 
 #: Most GetOutput pages read at once (a bound on a reply loop that never ends).
 MAX_PAGES = 100_000
 
 
 def _printable(text: str) -> str:
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+    return printable(text, keep="\t")  # a tab in a script's output stays a tab
 
 
 def _clock(timestamp: Any) -> str:
@@ -109,13 +107,7 @@ def run_logs(
     ends (or ``stop`` is set)."""
     import tango
 
-    def write(text: str) -> None:
-        try:
-            print(text, file=out, flush=True)
-        except (BrokenPipeError, ValueError):
-            stop.set()
-
-    printer = Printer(pid, write, as_json)
+    printer = Printer(pid, line_writer(out, stop), as_json)
     if not follow:
         printer.fetch(proxy)
         return 0
