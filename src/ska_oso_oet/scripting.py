@@ -111,12 +111,10 @@ class Agent:
         send_state: StateSender,
         send_progress: ProgressSender,
         stop_exception: type[BaseException],
-        interval: float = PROGRESS_INTERVAL,
     ) -> None:
         self._send_state = send_state
         self._send_progress = send_progress
         self._stop_exception = stop_exception
-        self._interval = interval
         self._pid = os.getpid()  # a process the script forks has no worker to resume it
         # pausing; an RLock, so that the SIGTERM handler may take it in the main thread
         self._cond = threading.Condition(threading.RLock())
@@ -144,11 +142,16 @@ class Agent:
     def resume(self) -> None:
         """Cancel a pending pause, or let the paused checkpoints return (RUNNING again)."""
         with self._cond:
-            self.pause_requested = False
-            if self._paused:
-                self._paused = False
-                self._send_state("RUNNING", None)
-                self._cond.notify_all()
+            self._unpause()
+
+    def _unpause(self) -> None:
+        """Under the lock: no pause is pending, and the paused checkpoints (if any) return,
+        the procedure RUNNING again."""
+        self.pause_requested = False
+        if self._paused:
+            self._paused = False
+            self._send_state("RUNNING", None)
+            self._cond.notify_all()
 
     # -- from the worker's main thread --
 
@@ -163,11 +166,7 @@ class Agent:
         paused they go on (RUNNING, so that READY follows a RUNNING as it must)."""
         with self._cond:
             self._running = False
-            self.pause_requested = False
-            if self._paused:
-                self._paused = False
-                self._send_state("RUNNING", None)
-                self._cond.notify_all()
+            self._unpause()
         self.flush()
 
     def interrupt(self) -> None:
@@ -237,7 +236,7 @@ class Agent:
                 while not self._dirty:
                     self._progress.wait()
             self.flush()
-            time.sleep(self._interval)
+            time.sleep(PROGRESS_INTERVAL)
 
 
 _agent: Agent | None = None

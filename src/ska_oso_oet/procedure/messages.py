@@ -21,6 +21,7 @@ import pickle
 import struct
 from typing import Any
 
+from ska_oso_oet import scripting
 from ska_oso_oet.procedure import strictjson
 from ska_oso_oet.procedure.callables import valid_spec
 
@@ -31,12 +32,13 @@ MAX_FROM_WORKER = 16 * 1024 * 1024
 #: Most callables a script may offer a Start.
 MAX_CALLABLES = 10_000
 #: The server's own pub/sub topics (its process management and lifecycle): a worker never
-#: sends them (``worker.PRIVATE_TOPIC_PREFIX``), so one that arrives is forged, and refused.
+#: sends them (``worker.PRIVATE_TOPIC_PREFIX``, this prefix), so one that arrives is forged,
+#: and refused.
 SERVER_TOPIC_PREFIX = "procedure."
 #: Longest JSON text of a function's result kept in a summary (a longer one is cut, said so).
 MAX_RESULT = 64 * 1024
-#: Longest progress message (the scripting module cuts longer ones).
-MAX_PROGRESS_MESSAGE = 1000
+#: Longest progress message (the scripting module cuts longer ones to its own limit).
+MAX_PROGRESS_MESSAGE = scripting.MAX_MESSAGE
 
 
 class ProtocolError(ValueError):

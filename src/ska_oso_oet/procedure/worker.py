@@ -47,7 +47,8 @@ from ska_oso_oet.procedure.states import ProcedureState
 LOGGER = logging.getLogger(__name__)
 
 #: Topics that the worker does not forward: lifecycle events travel as StateChange records.
-PRIVATE_TOPIC_PREFIX = "procedure."
+#: The server's own topics, which it refuses from a worker.
+PRIVATE_TOPIC_PREFIX = m.SERVER_TOPIC_PREFIX
 
 
 class StopScript(BaseException):
