@@ -244,22 +244,18 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def readable(fd: int, timeout: float) -> bool:
-    """Whether ``fd`` is readable within ``timeout`` seconds. poll(), not select(): a server
-    watching hundreds of workers has descriptors above select()'s limit of 1024."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout * 1000))))
+    """Whether ``fd`` is readable within ``timeout`` seconds."""
+    return bool(_ready([fd], max(0, int(timeout * 1000))))
 
 
-def _wait_readable(fds: list[int]) -> list[int]:
+def _ready(fds: list[int], timeout_ms: int | None) -> list[int]:
+    """Which of ``fds`` are readable within ``timeout_ms`` (None: wait until one is).
+    poll(), not select(): a server watching hundreds of workers has descriptors above
+    select()'s limit of 1024. (An interrupted poll is retried by Python itself, PEP 475.)"""
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
-    while True:
-        try:
-            return [fd for fd, _ in poller.poll()]
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            continue
+    return [fd for fd, _ in poller.poll(timeout_ms)]
 
 
 # -- the fork server process ----------------------------------------------------------------
@@ -276,7 +272,7 @@ def _serve(sock: socket.socket) -> None:
     sock.sendall(b"R")
     try:
         while True:
-            ready = _wait_readable([sock.fileno(), wake_r])
+            ready = _ready([sock.fileno(), wake_r], None)
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):

@@ -234,10 +234,6 @@ def _for(request: _LaunchRequest) -> str:
     return "a spare" if request.procedure_id is None else f"procedure {request.procedure_id}"
 
 
-def _readable(fd: int) -> bool:
-    return launcher.readable(fd, 0)
-
-
 class Supervisor:
     """Creates, feeds, stops and reaps :class:`~.worker.ScriptWorker` processes.
 
@@ -487,7 +483,7 @@ class Supervisor:
         """The worker's status pipe: the fork server reaped it, or went away itself."""
         w.status.read_exit()
         self._unwatch(w.status.fd)
-        if w.status.lost and w.pidfd is not None and not _readable(w.pidfd):
+        if w.status.lost and w.pidfd is not None and not launcher.readable(w.pidfd, 0):
             # A script may kill its own parent: the worker lives on, and its pidfd will
             # tell when it ends (with no exit code, for none is left to report it).
             LOGGER.warning(
@@ -731,7 +727,7 @@ class Supervisor:
             return
         w.reaped = True
         self._drain(w)
-        if w.status.exitcode is None and not w.status.lost and _readable(w.status.fd):
+        if w.status.exitcode is None and not w.status.lost and launcher.readable(w.status.fd, 0):
             w.status.read_exit()
         exitcode = w.status.exitcode
         if w.exit_intent is not None and not w.killed:
