@@ -493,3 +493,11 @@ def test_abort_is_the_panic_button() -> None:
     lines = text.splitlines()
     assert lines[0] == "Stopping; abort procedures started:"
     assert [line.split()[0] for line in lines[2:]] == ["7", "8"]
+
+
+def test_a_tab_in_script_output_stays_a_tab_and_other_controls_are_escaped() -> None:
+    from ska_oso_oet import cli_output
+
+    line = cli_output.format_line({"stream": "stdout", "text": "a\tb\x1b[31m", "time": T0})
+    assert line.endswith("a\tb\\x1b[31m")
+    assert cli.printable("a\tb\x1b") == "a\\tb\\x1b"  # a table cell keeps no tab
