@@ -394,9 +394,7 @@ class _Splitter:
     def stale(self, now: float) -> str | None:
         """The partial line, once it has waited PARTIAL_WAIT seconds (or a cut line's note)."""
         if self.buf and now - self.since >= PARTIAL_WAIT:
-            text = _decode(self.buf)
-            self.buf.clear()
-            return text
+            return self.rest()
         return None
 
     def rest(self) -> str | None:
@@ -444,9 +442,15 @@ def _log_line(raw: str) -> tuple[str, str, float | None, str | None]:
 _SEQ = re.compile(rb'\{"seq":(\d+),')
 
 
+def _segment_names(pid: int | None = None) -> re.Pattern[str]:
+    """The file names of procedure ``pid``'s segments, ``<id>.<n>.jsonl`` (None: any
+    procedure's)."""
+    return re.compile((r"\d+" if pid is None else str(pid)) + r"\.\d+\.jsonl")
+
+
 def remove_files(directory: str, pid: int) -> None:
     """Delete every segment of procedure ``pid`` in ``directory``."""
-    pattern = re.compile(rf"{pid}\.\d+\.jsonl")
+    pattern = _segment_names(pid)
     for name in os.listdir(directory):
         if pattern.fullmatch(name):
             with contextlib.suppress(OSError):
@@ -476,10 +480,11 @@ class _Store:
 
     def _take_back(self) -> None:
         """The segments an earlier server left (a procedure of the durable history)."""
+        pattern = _segment_names(self.pid)
         numbers = sorted(
             int(name.split(".")[1])
             for name in os.listdir(self.directory)
-            if re.fullmatch(rf"{self.pid}\.\d+\.jsonl", name)
+            if pattern.fullmatch(name)
         )
         for number in numbers[-2:]:
             try:
@@ -691,10 +696,11 @@ class OutputHub:
         self.directory = os.path.join(directory, "output")
         os.makedirs(self.directory, exist_ok=True)
         #: IDs with segments an earlier service left (looked for once, here)
+        any_segment = _segment_names()
         self._on_disk = {
             int(name.split(".", 1)[0])
             for name in os.listdir(self.directory)
-            if re.fullmatch(r"\d+\.\d+\.jsonl", name)
+            if any_segment.fullmatch(name)
         }
         self.limit = limit
         self._procs: dict[int, _Proc] = {}
@@ -759,7 +765,8 @@ class OutputHub:
             return proc is None or proc.ended or proc.raw_bytes <= self.RAW_LOW
 
     def _split(self, pid: int, proc: _Proc, final: bool = False) -> None:
-        """Turn the bytes read into numbered lines (flush_lock held)."""
+        """Turn the bytes read into numbered lines (flush_lock held); the procedure is due
+        again only if more bytes came meanwhile."""
         with self._lock:
             raw, proc.raw, proc.raw_bytes = proc.raw, [], 0
         for stream, data, now in raw:
@@ -772,6 +779,8 @@ class OutputHub:
             text = splitter.rest() if final else splitter.stale(wall)
             if text is not None:
                 self._add(proc, stream, [text], wall)
+        with self._lock:
+            proc.due = bool(proc.raw)
 
     def _add(self, proc: _Proc, stream: str, texts: list[str], now: float) -> None:
         stamp = repr(now)
@@ -893,8 +902,6 @@ class OutputHub:
     def _flush_locked(self, pid: int, proc: _Proc, final: bool = False) -> None:
         """Split what was read, write the lines to disk, then send them as one batch."""
         self._split(pid, proc, final)
-        with self._lock:
-            proc.due = bool(proc.raw)
         pending, proc.pending, proc.pending_bytes = proc.pending, [], 0
         lines, proc.event, proc.event_bytes = list(proc.event), deque(), 0
         skipped, proc.skipped = proc.skipped, 0
@@ -947,8 +954,6 @@ class OutputHub:
                         self._flush_locked(pid, proc)
                     else:
                         self._split(pid, proc)  # keep up; the batch goes out when due
-                        with self._lock:
-                            proc.due = bool(proc.raw)
             if not any(send for _p, _q, send in work):
                 time.sleep(0.001)  # let the bytes gather a little while a batch waits
 
