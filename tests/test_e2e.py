@@ -8,10 +8,12 @@ block. Tests wait on change events or on output lines, never on fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -334,6 +336,24 @@ def test_memorized_attributes_survive_a_restart(oet: Oet) -> None:
 # -- (d2) history that lasts: the server killed with SIGKILL, then started again ----------------
 
 
+def stored_as(oet: Oet, pid: int, state: str) -> None:
+    """Wait until the server's history store holds procedure ``pid`` in ``state``, read as
+    another process would read it (SQLite, read-only)."""
+    path = pathlib.Path(oet.env["OET_DATA_DIR"], "devices", DEVICE.replace("/", "."))
+    store = path / "history.sqlite"
+    deadline = time.monotonic() + TIMEOUT
+    seen = None
+    while time.monotonic() < deadline:
+        if store.exists():
+            with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+                row = db.execute("SELECT summary FROM summaries WHERE id = ?", (pid,)).fetchone()
+            seen = json.loads(row[0])["state"] if row else None
+            if seen == state:
+                return
+        time.sleep(0.02)  # polls a file another process writes: no event to wait on
+    raise AssertionError(f"procedure {pid} never stored as {state} (last seen: {seen})")
+
+
 def test_history_survives_kill_9_of_the_server(oet: Oet) -> None:
     events = Subscriber(oet.trl)
     device = oet.proxy()
@@ -350,6 +370,9 @@ def test_history_survives_kill_9_of_the_server(oet: Oet) -> None:
         events.wait_for(running, "RUNNING")
     finally:
         events.close()
+    # the store is written off the hot path: kill -9 may lose the last few milliseconds, which
+    # on a busy machine can hold the RUNNING just seen; this test is of what was written
+    stored_as(oet, running, "RUNNING")
     assert oet.server is not None
     old = psutil.Process(oet.server.pid)
     family = [old, *old.children(recursive=True)]  # its fork server and script workers
