@@ -415,22 +415,22 @@ class Supervisor:
 
     def main_loop(self) -> None:
         """Serve commands, worker messages and worker exits until shut down."""
+        failure = None
         try:
             self._loop()
         except Exception as exc:  # a bug here must be loud, and seen by every client
-            self.failure = f"{type(exc).__name__}: {exc}"
+            self.failure = failure = f"{type(exc).__name__}: {exc}"
             LOGGER.exception("The process supervisor failed; stopping every worker")
             for w in list(self._workers.values()) + list(self._spares):
                 with contextlib.suppress(Exception):
                     kill_tree(w.os_pid, w.snapshot)
-            self._close()
-            if self._on_failure is not None:
-                try:
-                    self._on_failure(self.failure)
-                except Exception:
-                    LOGGER.exception("Reporting the supervisor's failure failed")
         finally:
-            self._close()
+            self._close()  # after a failure: before it is reported
+        if failure is not None and self._on_failure is not None:
+            try:
+                self._on_failure(failure)
+            except Exception:
+                LOGGER.exception("Reporting the supervisor's failure failed")
 
     def _loop(self) -> None:
         self._top_up_spares()
