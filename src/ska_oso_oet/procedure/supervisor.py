@@ -42,6 +42,7 @@ LOGGER = logging.getLogger(__name__)
 KILL_CONFIRM_TIMEOUT = 5.0
 #: Tries to start one worker process before giving up; then spares pause this long (s).
 LAUNCH_ATTEMPTS = 3
+LAUNCHER_JOIN_TIMEOUT = 10.0  # seconds a closing supervisor waits for a launch in flight
 SPARE_RETRY_DELAY = 5.0
 #: Bytes of pub/sub traffic kept for a worker that does not read before more is dropped.
 MAX_OUTBOX = 64 * 1024 * 1024
@@ -358,11 +359,13 @@ class Supervisor:
             except BlockingIOError:
                 pass  # the pipe is full: a wake-up is pending anyway
 
-    def _post_quiet(self, command: _Command) -> None:
+    def _post_quiet(self, command: _Command) -> bool:
+        """Post ``command``; False, and nothing posted, once the supervisor is closed."""
         try:
             self._post(command)
         except RuntimeError:
-            pass
+            return False
+        return True
 
     # -- launching, in a thread of its own so that the loop never waits for a fork -------------
 
@@ -371,6 +374,8 @@ class Supervisor:
             request = self._launch_q.get()
             if request is None:
                 return
+            if self._closed:
+                continue  # queued before the close: nobody would adopt it
             error: BaseException | None = None
             for attempt in range(LAUNCH_ATTEMPTS):
                 try:
@@ -383,7 +388,13 @@ class Supervisor:
                     error = exc
                     time.sleep(0.05 * (attempt + 1))
                 else:
-                    self._post_quiet(_Launched(request, w, None))
+                    if not self._post_quiet(_Launched(request, w, None)):
+                        # closed while it was launched: nobody will adopt it, and the fork
+                        # server, released once this thread has ended, kills it
+                        if w.pipes is not None:
+                            w.pipes.close()
+                        w.close_channel()
+                        w.status.close()
                     break
             else:
                 LOGGER.error("Could not start a worker process for %s: %r", _for(request), error)
@@ -843,6 +854,10 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
         self._launch_q.put(None)
+        # a launch still in flight uses the fork server: release it only once the launching
+        # thread has ended, or that launch would start a new fork server that nobody ends
+        if self._launcher.is_alive() and self._launcher is not threading.current_thread():
+            self._launcher.join(LAUNCHER_JOIN_TIMEOUT)
         launcher.release()
 
 
