@@ -36,6 +36,18 @@ from tests.helpers import SCRIPTS, TIMEOUT, SummaryEvents, script
 FINAL = [S.COMPLETE, S.STOPPED, S.FAILED, S.UNKNOWN]
 
 
+def live_workers() -> list[psutil.Process]:
+    """This process's worker processes alive now (one that ends while listed is not)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "oet-worker" in p.name():
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass  # ended between the listing and the look
+    return found
+
+
 def break_supervisor(ses: ScriptExecutionService) -> None:
     """Make the supervisor's loop fail as a bug in it would (white box: the one way in): a
     command whose procedure ID is not an ID makes its next turn raise TypeError."""
@@ -55,7 +67,7 @@ def test_a_dead_supervisor_fails_every_procedure_and_refuses_new_work(make_servi
         ses.wait_for_state(pid, S.READY, TIMEOUT)
     ses.start(StartProcessCommand(running, "main", ProcedureInput()))
     ses.wait_for_state(running, S.RUNNING, TIMEOUT)
-    workers = [p for p in psutil.Process().children(recursive=True) if "oet-worker" in p.name()]
+    workers = live_workers()
 
     break_supervisor(ses)
     assert told.wait(TIMEOUT)
@@ -177,7 +189,7 @@ def test_300_live_procedures_all_end(make_service: Any) -> None:
         ended = {s.state for s in ses.summarise(ids)}
         assert ended <= {S.COMPLETE, S.STOPPED}, ended
         assert proctree.poll_until(
-            lambda: not [p for p in me.children(recursive=True) if "oet-worker" in p.name()],
+            lambda: not live_workers(),
             TIMEOUT,
         )
     finally:
